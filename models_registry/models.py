@@ -1,0 +1,461 @@
+"""TowerOps' data model: the fleet, the catalog, and the append-only history.
+
+Configuration (hosts, endpoints, GPUs, catalog, task types, urgency classes, preload
+windows) is edited by people and keeps a history of who changed what (simple-history).
+History tables (snapshots, decisions, outcomes, load events) are only ever appended to.
+Residency is the one table of current state: what is where right now.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import F, Q
+from simple_history.models import HistoricalRecords
+
+MIB_PER_GB = 1024
+ZERO_TO_ONE = [MinValueValidator(0.0), MaxValueValidator(1.0)]
+
+
+# --------------------------------------------------------------------------- fleet
+
+
+class Host(models.Model):
+    """A machine. Its agent (a Celery worker) consumes `queue` and runs loads and telemetry there."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    queue = models.CharField(max_length=200, unique=True, help_text="Celery queue of this host's agent")
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Gpu(models.Model):
+    class Vendor(models.TextChoices):
+        NVIDIA = "nvidia", "NVIDIA"
+        AMD = "amd", "AMD"
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="gpus")
+    index = models.PositiveSmallIntegerField()
+    uuid = models.CharField(max_length=100, blank=True)
+    vendor = models.CharField(max_length=10, choices=Vendor.choices)
+    name = models.CharField(max_length=200)
+    total_mib = models.PositiveIntegerField()
+    reserved_mib = models.PositiveIntegerField(default=0, help_text="held back for other processes")
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["host__name", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["host", "index"], name="gpu_unique_host_index"),
+            models.CheckConstraint(condition=Q(total_mib__gt=0), name="gpu_total_positive"),
+            models.CheckConstraint(condition=Q(reserved_mib__lte=F("total_mib")), name="gpu_reserved_within_total"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.host.name}/{self.index} {self.name}"
+
+    @property
+    def key(self) -> str:
+        """The key this GPU has in the policy's World (the same as a profile's)."""
+        return f"{self.host.name}/{self.index}"
+
+    @property
+    def usable_mib(self) -> int:
+        return self.total_mib - self.reserved_mib
+
+
+class Endpoint(models.Model):
+    """An Ollama server, and the GPUs it may use."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="endpoints")
+    name = models.SlugField(max_length=100, unique=True)
+    base_url = models.URLField(max_length=300, unique=True)
+    gpus = models.ManyToManyField(Gpu, related_name="endpoints", blank=True)
+    allow_split = models.BooleanField(default=False, help_text="may one model span several of its GPUs")
+    num_ctx = models.PositiveIntegerField(default=4096, help_text="context every load and request uses")
+    keep_alive = models.CharField(max_length=20, default="30m")
+    is_up = models.BooleanField(default=True)
+    version = models.CharField(max_length=50, blank=True)
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    history = HistoricalRecords(m2m_fields=[gpus])
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+class LlmModel(models.Model):
+    class Kind(models.TextChoices):
+        LOCAL = "local", "local (Ollama)"
+        REMOTE = "remote", "remote fallback API"
+
+    tag = models.CharField(max_length=200, unique=True, help_text="Ollama tag, e.g. qwen2.5-coder:7b")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.LOCAL)
+    family = models.CharField(max_length=100, blank=True)
+    parameters_b = models.FloatField(null=True, blank=True)
+    quantization = models.CharField(max_length=50, blank=True)
+    file_size_mib = models.PositiveIntegerField(null=True, blank=True)
+    vram_mib = models.PositiveIntegerField(default=0, help_text="VRAM needed at context_length")
+    context_length = models.PositiveIntegerField(default=4096)
+    load_s = models.FloatField(default=0.0, help_text="seeded; learned from load events")
+    tokens_per_s = models.FloatField(default=30.0)
+    remote_latency_s = models.FloatField(default=0.0)
+    enabled = models.BooleanField(default=True)
+    pinned = models.BooleanField(default=False, help_text="never evicted")
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["tag"]
+        verbose_name = "LLM model"
+        constraints = [
+            models.CheckConstraint(condition=Q(load_s__gte=0), name="llmmodel_load_s_nonneg"),
+            models.CheckConstraint(condition=Q(tokens_per_s__gt=0), name="llmmodel_tokens_per_s_positive"),
+            models.CheckConstraint(
+                condition=Q(kind="remote") | Q(vram_mib__gt=0), name="llmmodel_local_needs_vram"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.tag
+
+
+class LoadTimeEstimate(models.Model):
+    """Load seconds learned per model and endpoint from LoadEvents (an EWMA)."""
+
+    model = models.ForeignKey(LlmModel, on_delete=models.CASCADE, related_name="load_estimates")
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="load_estimates")
+    seconds = models.FloatField()
+    samples = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model", "endpoint"], name="loadestimate_unique")]
+
+
+class TaskType(models.Model):
+    name = models.SlugField(max_length=64, unique=True)
+    description = models.TextField(blank=True)
+    quality_floor = models.FloatField(validators=ZERO_TO_ONE)
+    default_output_tokens = models.PositiveIntegerField(default=64)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(quality_floor__gte=0) & Q(quality_floor__lte=1), name="tasktype_floor_0_1"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class QualityScore(models.Model):
+    model = models.ForeignKey(LlmModel, on_delete=models.CASCADE, related_name="quality_scores")
+    task_type = models.ForeignKey(TaskType, on_delete=models.CASCADE, related_name="quality_scores")
+    score = models.FloatField(validators=ZERO_TO_ONE)
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model", "task_type"], name="qualityscore_unique"),
+            models.CheckConstraint(condition=Q(score__gte=0) & Q(score__lte=1), name="qualityscore_0_1"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} × {self.task_type} = {self.score:.2f}"
+
+
+class UrgencyClass(models.Model):
+    class Name(models.TextChoices):
+        CRITICAL = "critical"
+        INTERACTIVE = "interactive"
+        BACKGROUND = "background"
+        BATCH = "batch"
+
+    name = models.CharField(max_length=20, choices=Name.choices, unique=True)
+    patience_s = models.FloatField(help_text="longest acceptable wait before generation starts")
+    wait_weight = models.FloatField(help_text="quality points given up per second of wait")
+    eviction_penalty = models.FloatField(default=0.0, help_text="cost of evicting a recently used model")
+    use_loaded_if_acceptable = models.BooleanField(
+        default=False, help_text="never wait for a load when an acceptable model is loaded"
+    )
+    history = HistoricalRecords()
+
+    class Meta:
+        verbose_name_plural = "urgency classes"
+        ordering = ["patience_s"]
+        constraints = [
+            models.CheckConstraint(condition=Q(patience_s__gte=0), name="urgency_patience_nonneg"),
+            models.CheckConstraint(condition=Q(wait_weight__gte=0), name="urgency_weight_nonneg"),
+            models.CheckConstraint(condition=Q(eviction_penalty__gte=0), name="urgency_penalty_nonneg"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PreloadWindow(models.Model):
+    """Keep `models` warm on the given days between start and end (local time; may wrap midnight)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    days_of_week = ArrayField(models.PositiveSmallIntegerField(), help_text="0 = Monday … 6 = Sunday")
+    start_time = models.TimeField()
+    end_time = models.TimeField()
+    timezone = models.CharField(max_length=64, default="UTC")
+    enabled = models.BooleanField(default=True)
+    # Declared last: from here on `models` in this class body is the field, not django.db.models.
+    models = models.ManyToManyField(LlmModel, related_name="preload_windows")
+    history = HistoricalRecords(m2m_fields=[models])
+
+    class Meta:
+        ordering = ["start_time", "name"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(start_time=F("end_time")), name="preloadwindow_not_empty"),
+            models.CheckConstraint(
+                condition=Q(days_of_week__contained_by=[0, 1, 2, 3, 4, 5, 6]) & ~Q(days_of_week=[]),
+                name="preloadwindow_days_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def is_active(self, at: dt.datetime) -> bool:
+        """Whether the window is open at the aware datetime `at` (wrapping past midnight)."""
+        if not self.enabled:
+            return False
+        local = at.astimezone(zoneinfo.ZoneInfo(self.timezone))
+        t, day = local.time(), local.weekday()
+        if self.start_time < self.end_time:
+            return day in self.days_of_week and self.start_time <= t < self.end_time
+        # Wraps midnight: the part after midnight belongs to the previous day's window.
+        if t >= self.start_time:
+            return day in self.days_of_week
+        return t < self.end_time and (day - 1) % 7 in self.days_of_week
+
+
+# --------------------------------------------------------------------------- state and history
+
+
+class GpuSnapshot(models.Model):
+    gpu = models.ForeignKey(Gpu, on_delete=models.CASCADE, related_name="snapshots")
+    taken_at = models.DateTimeField()
+    total_mib = models.PositiveIntegerField()
+    used_mib = models.PositiveIntegerField()
+    free_mib = models.PositiveIntegerField()
+    util_pct = models.FloatField(null=True, blank=True)
+    temperature_c = models.FloatField(null=True, blank=True)
+    power_w = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["gpu", "-taken_at"], name="snapshot_gpu_time"),
+            models.Index(fields=["taken_at"], name="snapshot_time"),
+        ]
+
+
+class Residency(models.Model):
+    """A model on an endpoint's GPU(s), from the request to load until it is gone."""
+
+    class State(models.TextChoices):
+        REQUESTED = "requested"
+        LOADING = "loading"
+        LOADED = "loaded"
+        UNLOADING = "unloading"
+        UNLOADED = "unloaded"
+        FAILED = "failed"
+
+    ACTIVE_STATES = (State.REQUESTED, State.LOADING, State.LOADED, State.UNLOADING)
+
+    model = models.ForeignKey(LlmModel, on_delete=models.PROTECT, related_name="residencies")
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="residencies")
+    gpus = models.ManyToManyField(Gpu, through="ResidencyGpu", related_name="residencies")
+    state = models.CharField(max_length=12, choices=State.choices, default=State.REQUESTED)
+    trigger = models.CharField(max_length=12, default="selection")
+    vram_mib = models.PositiveIntegerField()
+    requested_at = models.DateTimeField()
+    loaded_at = models.DateTimeField(null=True, blank=True, help_text="load started")
+    ready_at = models.DateTimeField(null=True, blank=True, help_text="loaded, or expected to be")
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    in_flight = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name_plural = "residencies"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "endpoint"],
+                condition=Q(state__in=["requested", "loading", "loaded", "unloading"]),
+                name="residency_one_active_per_endpoint",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["endpoint"],
+                condition=Q(state__in=["requested", "loading", "loaded", "unloading"]),
+                name="residency_active",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} on {self.endpoint} ({self.state})"
+
+
+class ResidencyGpu(models.Model):
+    """How much of one GPU a residency holds (a split model holds several)."""
+
+    residency = models.ForeignKey(Residency, on_delete=models.CASCADE, related_name="placements")
+    gpu = models.ForeignKey(Gpu, on_delete=models.CASCADE, related_name="placements")
+    vram_mib = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["residency", "gpu"], name="residencygpu_unique")]
+
+
+class SelectionDecision(models.Model):
+    class Action(models.TextChoices):
+        USE_LOADED = "use_loaded"
+        WAIT_FOR_LOAD = "wait_for_load"
+        LOAD = "load"
+        FALLBACK = "fallback"
+
+    created_at = models.DateTimeField(db_index=False)
+    client = models.CharField(max_length=200, blank=True)
+    task_type = models.ForeignKey(TaskType, on_delete=models.PROTECT, related_name="decisions")
+    urgency = models.CharField(max_length=20, choices=UrgencyClass.Name.choices)
+    min_quality = models.FloatField(null=True, blank=True)
+    max_wait_s = models.FloatField(null=True, blank=True)
+    expected_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    model = models.ForeignKey(LlmModel, on_delete=models.PROTECT, null=True, blank=True, related_name="decisions")
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.SET_NULL, null=True, blank=True, related_name="decisions")
+    gpu_keys = ArrayField(models.CharField(max_length=120), default=list, blank=True)
+    action = models.CharField(max_length=16, choices=Action.choices, null=True, blank=True)
+    expected_wait_s = models.FloatField(null=True, blank=True)
+    expected_response_s = models.FloatField(null=True, blank=True)
+    quality = models.FloatField(null=True, blank=True)
+    met_floor = models.BooleanField(default=False)
+    warned = models.BooleanField(default=False)
+    reason = models.TextField()
+    evictions = models.JSONField(default=list, blank=True)
+    candidates = models.JSONField(default=list, blank=True)
+    input_state = models.JSONField(default=dict, blank=True, help_text="the World the policy saw")
+    policy_version = models.CharField(max_length=40)
+    decision_us = models.PositiveIntegerField(default=0)
+    residency = models.ForeignKey(
+        Residency, on_delete=models.SET_NULL, null=True, blank=True, related_name="decisions"
+    )
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["created_at"], name="decision_time"),
+            models.Index(fields=["task_type", "created_at"], name="decision_task_time"),
+            models.Index(fields=["model", "created_at"], name="decision_model_time"),
+            models.Index(fields=["created_at"], condition=Q(action="fallback"), name="decision_fallback_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.task_type_id}/{self.urgency} → {self.model_id} ({self.action})"
+
+
+class DecisionOutcome(models.Model):
+    decision = models.OneToOneField(SelectionDecision, on_delete=models.CASCADE, related_name="outcome")
+    reported_at = models.DateTimeField()
+    response_ms = models.PositiveIntegerField()
+    success = models.BooleanField()
+    rating = models.FloatField(null=True, blank=True, validators=ZERO_TO_ONE)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(rating__isnull=True) | (Q(rating__gte=0) & Q(rating__lte=1)), name="outcome_rating_0_1"
+            ),
+        ]
+
+
+class LoadEvent(models.Model):
+    class Kind(models.TextChoices):
+        LOAD = "load"
+        UNLOAD = "unload"
+        EVICT = "evict"
+        FAIL = "fail"
+
+    class Trigger(models.TextChoices):
+        SELECTION = "selection"
+        PRELOAD = "preload"
+        ADMIN = "admin"
+        EXPIRY = "expiry"
+        EXTERNAL = "external"
+
+    model = models.ForeignKey(LlmModel, on_delete=models.PROTECT, related_name="load_events")
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="load_events")
+    gpu_keys = ArrayField(models.CharField(max_length=120), default=list, blank=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    trigger = models.CharField(max_length=12, choices=Trigger.choices)
+    requested_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_s = models.FloatField(null=True, blank=True)
+    vram_mib = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    residency = models.ForeignKey(Residency, on_delete=models.SET_NULL, null=True, blank=True, related_name="events")
+    decision = models.ForeignKey(
+        SelectionDecision, on_delete=models.SET_NULL, null=True, blank=True, related_name="load_events"
+    )
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["requested_at"], name="loadevent_time"),
+            models.Index(fields=["model", "requested_at"], name="loadevent_model_time"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(duration_s__isnull=True) | Q(duration_s__gte=0), name="loadevent_duration_nonneg"
+            ),
+        ]
+
+
+class ApiKey(models.Model):
+    """An API key: only its SHA-256 is stored; the key itself is shown once."""
+
+    SCOPES = ("select", "read", "admin")
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, help_text="first characters, to recognise a key")
+    hashed_key = models.CharField(max_length=64, unique=True)
+    scopes = ArrayField(models.CharField(max_length=10))
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(scopes__contained_by=["select", "read", "admin"]) & ~Q(scopes=[]),
+                name="apikey_scopes_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

@@ -1,0 +1,49 @@
+"""TowerOps' decision core: pure functions over immutable snapshots (standard library only).
+
+    select(world, request) -> Decision         which model serves a request, and why
+    place(world, tag) -> Placement | None      where a fresh load of a model would go
+    place_many(world, tags) -> {tag: Placement | None}   a warm set, never over-committing
+    free_mib_by_gpu(world) -> {gpu key: MiB}   the VRAM bookkeeping both use
+
+The scoring rule is documented once, in models_registry/policy/select.py.
+"""
+from .placement import free_mib_by_gpu, place, place_many, recency
+from .select import POLICY_VERSION, PolicyInputError, select
+from .types import (
+    Candidate,
+    Decision,
+    EndpointView,
+    Eviction,
+    GpuView,
+    ModelView,
+    Placement,
+    PolicyParams,
+    ResidentView,
+    SelectionRequest,
+    TaskTypeView,
+    UrgencyView,
+    World,
+)
+
+__all__ = [
+    "POLICY_VERSION",
+    "Candidate",
+    "Decision",
+    "EndpointView",
+    "Eviction",
+    "GpuView",
+    "ModelView",
+    "Placement",
+    "PolicyInputError",
+    "PolicyParams",
+    "ResidentView",
+    "SelectionRequest",
+    "TaskTypeView",
+    "UrgencyView",
+    "World",
+    "free_mib_by_gpu",
+    "place",
+    "place_many",
+    "recency",
+    "select",
+]
