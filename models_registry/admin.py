@@ -91,7 +91,7 @@ class GpuSnapshotAdmin(ReadOnlyAdmin):
 
 @admin.register(m.Residency)
 class ResidencyAdmin(ReadOnlyAdmin):
-    list_display = ("model", "endpoint", "state", "trigger", "vram_mib", "ready_at", "last_used_at", "in_flight")
+    list_display = ("model", "endpoint", "state", "trigger", "vram_mib", "ready_at", "last_used_at", "busy_until")
     list_filter = ("state", "endpoint")
 
 

@@ -297,7 +297,9 @@ class Residency(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
-    in_flight = models.PositiveIntegerField(default=0)
+    # TowerOps does not proxy requests, so "busy" is estimated: every selection routed here
+    # pushes busy_until out by its expected generation time. A busy model is never evicted.
+    busy_until = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
 
     class Meta:
@@ -332,6 +334,15 @@ class ResidencyGpu(models.Model):
         constraints = [models.UniqueConstraint(fields=["residency", "gpu"], name="residencygpu_unique")]
 
 
+class ConfigSnapshot(models.Model):
+    """The slowly-changing part of a World (catalog, scores, classes, GPUs), stored once per
+    distinct content; each decision points at one and stores only the live part itself."""
+
+    sha256 = models.CharField(max_length=64, unique=True)
+    body = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
 class SelectionDecision(models.Model):
     class Action(models.TextChoices):
         USE_LOADED = "use_loaded"
@@ -358,7 +369,8 @@ class SelectionDecision(models.Model):
     reason = models.TextField()
     evictions = models.JSONField(default=list, blank=True)
     candidates = models.JSONField(default=list, blank=True)
-    input_state = models.JSONField(default=dict, blank=True, help_text="the World the policy saw")
+    input_state = models.JSONField(default=dict, blank=True, help_text="the live part of the World the policy saw")
+    config = models.ForeignKey(ConfigSnapshot, on_delete=models.PROTECT, null=True, blank=True)
     policy_version = models.CharField(max_length=40)
     decision_us = models.PositiveIntegerField(default=0)
     residency = models.ForeignKey(

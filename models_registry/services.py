@@ -173,3 +173,436 @@ def import_profile(profile: Profile, user=None) -> ImportSummary:
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+# --------------------------------------------------------------------------- selection
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+
+from django.db import connection  # noqa: E402
+
+from models_registry import policy  # noqa: E402
+from models_registry.policy import Decision, SelectionRequest, World  # noqa: E402
+from models_registry.state import Config, read_world  # noqa: E402
+
+# One lock for every selection that reserves VRAM: loads are rare (the SLO is < 10 an hour),
+# so serialising them costs nothing, and two selections can never both take the same MiB.
+RESERVATION_LOCK = 0x746F7765  # "towe"
+
+
+class UnknownChoice(ValueError):
+    """A request names a task type or urgency that does not exist."""
+
+    def __init__(self, field: str, value: str, allowed: list[str]):
+        self.field, self.value, self.allowed = field, value, allowed
+        super().__init__(f"{field}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+
+
+def validate_request(req: SelectionRequest, cfg: Config) -> None:
+    tasks = [t.name for t in cfg.task_types]
+    if req.task_type not in tasks:
+        raise UnknownChoice("task_type", req.task_type, sorted(tasks))
+    urgencies = [u.name for u in cfg.urgencies]
+    if req.urgency not in urgencies:
+        raise UnknownChoice("urgency", req.urgency, [u for u in m.UrgencyClass.Name.values if u in urgencies])
+
+
+_config_ids: dict[int, int] = {}
+
+
+def config_snapshot_id(world: World, cfg: Config) -> int:
+    """The ConfigSnapshot row for this Config, created once per distinct content."""
+    key = id(cfg)
+    if key not in _config_ids:
+        body = {
+            "models": [{**asdict(x), "quality": dict(x.quality)} for x in world.models],
+            "task_types": [asdict(x) for x in world.task_types],
+            "urgencies": [asdict(x) for x in world.urgencies],
+            "gpus": [{**asdict(x), "measured_free_mib": None} for x in world.gpus],
+            "endpoints": [{**asdict(x), "up": None} for x in world.endpoints],
+            "params": asdict(world.params),
+        }
+        text = json.dumps(body, sort_keys=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        row, _ = m.ConfigSnapshot.objects.get_or_create(sha256=digest, defaults={"body": body})
+        _config_ids.clear()  # only the current config is worth remembering
+        _config_ids[key] = row.pk
+    return _config_ids[key]
+
+
+def live_state(world: World) -> dict:
+    """The part of the World that changes between decisions (the rest is in ConfigSnapshot)."""
+    return {
+        "now": world.now,
+        "gpus_measured_free_mib": {g.key: g.measured_free_mib for g in world.gpus if g.measured_free_mib is not None},
+        "endpoints_down": [e.key for e in world.endpoints if not e.up],
+        "residents": [
+            [r.model, r.endpoint, r.state, [list(x) for x in r.vram_by_gpu], r.ready_at, r.last_used_at, r.in_flight, r.pinned]
+            for r in world.residents
+        ],
+    }
+
+
+def world_from_record(config_body: dict, live: dict) -> World:
+    """Rebuild the World a past decision saw, to replay it against another policy."""
+    from models_registry.policy.codec import world_from_dict
+
+    down = set(live["endpoints_down"])
+    measured = live["gpus_measured_free_mib"]
+    return world_from_dict(
+        {
+            "now": live["now"],
+            "gpus": [{**g, "measured_free_mib": measured.get(g["key"])} for g in config_body["gpus"]],
+            "endpoints": [{**e, "up": e["key"] not in down} for e in config_body["endpoints"]],
+            "residents": [
+                dict(zip(("model", "endpoint", "state", "vram_by_gpu", "ready_at", "last_used_at", "in_flight", "pinned"), r))
+                for r in live["residents"]
+            ],
+            "models": config_body["models"],
+            "task_types": config_body["task_types"],
+            "urgencies": config_body["urgencies"],
+            "params": config_body["params"],
+        }
+    )
+
+
+@dataclass
+class SelectionResult:
+    decision: Decision
+    record: m.SelectionDecision | None
+    residency_id: int | None = None
+
+
+def _decide(req: SelectionRequest, now: dt.datetime) -> tuple[Decision, World, Config, dict, int]:
+    world, cfg, rids = read_world(now)
+    validate_request(req, cfg)
+    t0 = time.perf_counter_ns()
+    decision = policy.select(world, req)
+    return decision, world, cfg, rids, (time.perf_counter_ns() - t0) // 1000
+
+
+def select_and_record(
+    req: SelectionRequest, *, client: str = "", dry_run: bool = False, now: dt.datetime | None = None
+) -> SelectionResult:
+    """Decide, and unless dry_run record the decision and reserve VRAM for a load, atomically.
+
+    A load's reservation (a Residency in state requested) is made under RESERVATION_LOCK
+    after re-reading the state, so concurrent selections never over-commit a GPU. The load
+    itself is queued for the host's agent when the transaction commits.
+    """
+    now = now or utcnow()
+    decision, world, cfg, rids, us = _decide(req, now)
+    if dry_run:
+        return SelectionResult(decision, None)
+    with transaction.atomic():
+        if decision.action == "load":
+            with connection.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", [RESERVATION_LOCK])
+            decision, world, cfg, rids, us = _decide(req, now)
+        residency_id = None
+        if decision.action == "load":
+            residency_id = _reserve(decision, world, cfg, now)
+        elif decision.action in ("use_loaded", "wait_for_load"):
+            residency_id = rids.get((decision.model, decision.endpoint))
+            _mark_used(residency_id, decision, now)
+        record = m.SelectionDecision.objects.create(
+            created_at=now,
+            client=client[:200],
+            task_type_id=cfg.task_ids[req.task_type],
+            urgency=req.urgency,
+            min_quality=req.min_quality,
+            max_wait_s=req.max_wait_s,
+            expected_output_tokens=req.expected_output_tokens,
+            model_id=cfg.model_ids.get(decision.model) if decision.model else None,
+            endpoint_id=cfg.endpoint_ids.get(decision.endpoint) if decision.endpoint else None,
+            gpu_keys=list(decision.gpus),
+            action=decision.action,
+            expected_wait_s=decision.expected_wait_s,
+            expected_response_s=decision.expected_response_s,
+            quality=decision.quality,
+            met_floor=decision.met_floor,
+            warned=decision.warned,
+            reason=decision.reason,
+            evictions=[asdict(e) for e in decision.evictions],
+            candidates=candidates_json(decision),
+            input_state=live_state(world),
+            config_id=config_snapshot_id(world, cfg),
+            policy_version=decision.policy_version,
+            decision_us=us,
+            residency_id=residency_id,
+        )
+        if decision.action == "load":
+            from models_registry import tasks
+
+            tasks.enqueue_load(residency_id, decision_id=record.pk)
+    return SelectionResult(decision, record, residency_id)
+
+
+def candidates_json(decision: Decision) -> list[dict]:
+    return [
+        {
+            "model": c.model,
+            "quality": c.quality,
+            "endpoint": c.endpoint,
+            "gpus": list(c.gpus),
+            "action": c.action,
+            "expected_wait_s": c.expected_wait_s,
+            "expected_response_s": c.expected_response_s,
+            "score": c.score,
+            "evictions": [e.model for e in c.evictions],
+            "rejected_because": c.rejected_because,
+        }
+        for c in decision.candidates
+    ]
+
+
+def _generation_s(decision: Decision) -> float:
+    if decision.expected_response_s is None or decision.expected_wait_s is None:
+        return 0.0
+    return max(0.0, decision.expected_response_s - decision.expected_wait_s)
+
+
+def _mark_used(residency_id: int | None, decision: Decision, now: dt.datetime) -> None:
+    if residency_id is None:
+        return
+    gen = dt.timedelta(seconds=_generation_s(decision) + (decision.expected_wait_s or 0.0))
+    with connection.cursor() as cur:
+        cur.execute(
+            "UPDATE models_registry_residency SET last_used_at = %s, "
+            "busy_until = GREATEST(COALESCE(busy_until, %s), %s) + %s WHERE id = %s",
+            [now, now, now, gen, residency_id],
+        )
+
+
+def _vram_by_gpu(decision: Decision, world: World) -> tuple[tuple[str, int], ...]:
+    """How the chosen load's VRAM spreads over its GPU(s)."""
+    need = next(x.vram_mib for x in world.models if x.tag == decision.model)
+    if len(decision.gpus) == 1:
+        return ((decision.gpus[0], need),)
+    placement = policy.place(world, decision.model)  # a split: the same placement code decides the shares
+    if placement is None or placement.endpoint != decision.endpoint:
+        raise RuntimeError(f"split placement of {decision.model} changed under the lock")
+    return placement.vram_by_gpu
+
+
+def _reserve(decision: Decision, world: World, cfg: Config, now: dt.datetime) -> int:
+    """Residency in state requested for the new model; evicted ones go to unloading."""
+    model_id = cfg.model_ids[decision.model]
+    endpoint_id = cfg.endpoint_ids[decision.endpoint]
+    vram_by_gpu = _vram_by_gpu(decision, world)
+    for ev in decision.evictions:
+        m.Residency.objects.filter(
+            model_id=cfg.model_ids[ev.model], endpoint_id=cfg.endpoint_ids[ev.endpoint], state="loaded"
+        ).update(state="unloading")
+    residency = m.Residency.objects.create(
+        model_id=model_id,
+        endpoint_id=endpoint_id,
+        state="requested",
+        trigger="selection",
+        vram_mib=sum(mib for _, mib in vram_by_gpu),
+        requested_at=now,
+        ready_at=now + dt.timedelta(seconds=decision.expected_wait_s or 0.0),
+        last_used_at=now,
+        busy_until=now + dt.timedelta(seconds=(decision.expected_response_s or 0.0)),
+    )
+    m.ResidencyGpu.objects.bulk_create(
+        [m.ResidencyGpu(residency=residency, gpu_id=cfg.gpu_ids[key], vram_mib=mib) for key, mib in vram_by_gpu]
+    )
+    return residency.pk
+
+
+# --------------------------------------------------------------------------- outcomes, state, admin loads
+
+
+class DomainError(Exception):
+    status = 409
+
+
+class NotFound(DomainError):
+    status = 404
+
+
+class NoRoom(DomainError):
+    status = 409
+
+
+def record_outcome(decision_id: int, response_ms: int, success: bool, rating: float | None):
+    if not m.SelectionDecision.objects.filter(pk=decision_id).exists():
+        return None
+    outcome, _ = m.DecisionOutcome.objects.update_or_create(
+        decision_id=decision_id,
+        defaults={"response_ms": response_ms, "success": success, "rating": rating, "reported_at": utcnow()},
+    )
+    return outcome
+
+
+def fleet_state(now: dt.datetime | None = None) -> dict:
+    now = now or utcnow()
+    world, cfg, rids = read_world(now)
+    from models_registry.policy import free_mib_by_gpu
+
+    free = free_mib_by_gpu(world)
+    allocated: dict[str, int] = {}
+    for r in world.residents:
+        for key, mib in r.vram_by_gpu:
+            allocated[key] = allocated.get(key, 0) + mib
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT g.id, s.taken_at, s.free_mib FROM models_registry_gpu g CROSS JOIN LATERAL ("
+            " SELECT taken_at, free_mib FROM models_registry_gpusnapshot WHERE gpu_id = g.id"
+            " ORDER BY taken_at DESC LIMIT 1) s"
+        )
+        latest = {gpu_id: (taken_at, free_mib) for gpu_id, taken_at, free_mib in cur.fetchall()}
+    vendors = dict(m.Gpu.objects.values_list("pk", "vendor"))
+    gpus = []
+    for g in world.gpus:
+        gid = cfg.gpu_ids[g.key]
+        taken_at, measured = latest.get(gid, (None, None))
+        gpus.append(
+            {
+                "key": g.key,
+                "name": g.name,
+                "vendor": vendors.get(gid, ""),
+                "total_mib": g.total_mib,
+                "reserved_mib": g.reserved_mib,
+                "allocated_mib": allocated.get(g.key, 0),
+                "free_mib": free.get(g.key, 0),
+                "measured_free_mib": measured,
+                "measured_at": taken_at,
+            }
+        )
+    rows = (
+        m.Residency.objects.filter(state__in=m.Residency.ACTIVE_STATES)
+        .select_related("model", "endpoint")
+        .prefetch_related("placements__gpu__host")
+        .order_by("endpoint__name", "model__tag")
+    )
+    residents = [
+        {
+            "residency_id": r.pk,
+            "model": r.model.tag,
+            "endpoint": r.endpoint.name,
+            "gpus": [p.gpu.key for p in r.placements.all()],
+            "state": r.state,
+            "vram_mib": r.vram_mib,
+            "ready_at": r.ready_at,
+            "last_used_at": r.last_used_at,
+            "expires_at": r.expires_at,
+            "trigger": r.trigger,
+        }
+        for r in rows
+    ]
+    endpoints = [
+        {
+            "name": e.name,
+            "base_url": e.base_url,
+            "up": e.is_up,
+            "version": e.version,
+            "gpus": list(cfg.endpoint_gpus.get(e.name, ())),
+            "last_checked_at": e.last_checked_at,
+        }
+        for e in m.Endpoint.objects.order_by("name")
+    ]
+    return {"gpus": gpus, "endpoints": endpoints, "residents": residents}
+
+
+def request_load(tag: str, *, trigger: str, endpoint: str | None = None, now: dt.datetime | None = None,
+                 protect: tuple[str, ...] = ()) -> dict:
+    """Reserve and queue a load of `tag` outside a selection (admin, preload window).
+
+    Placed by the same code as selections, under the same lock; an already-active
+    residency is returned as it is (idempotent)."""
+    from models_registry.policy import place
+
+    now = now or utcnow()
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", [RESERVATION_LOCK])
+        world, cfg, rids = read_world(now)
+        if tag not in cfg.model_ids:
+            raise NotFound(f"unknown model {tag!r}")
+        existing = [(ep, rid) for (t, ep), rid in rids.items() if t == tag and (endpoint is None or ep == endpoint)]
+        if existing:
+            ep, rid = sorted(existing)[0]
+            state = m.Residency.objects.filter(pk=rid).values_list("state", flat=True).first()
+            return {"residency_id": rid, "model": tag, "endpoint": ep, "state": state, "detail": f"already {state} on {ep}"}
+        if endpoint is not None:
+            if endpoint not in cfg.endpoint_ids:
+                raise NotFound(f"unknown endpoint {endpoint!r}")
+            from models_registry.policy import EndpointView
+
+            world = World(
+                now=world.now, gpus=world.gpus,
+                endpoints=tuple(e if e.key == endpoint else EndpointView(e.key, e.gpus, e.allow_split, False) for e in world.endpoints),
+                residents=world.residents, models=world.models, task_types=world.task_types,
+                urgencies=world.urgencies, params=world.params,
+            )
+        placement = place(world, tag, protect=protect)
+        if placement is None:
+            raise NoRoom(f"{tag} does not fit on any up endpoint{' ' + endpoint if endpoint else ''} without evicting a busy or pinned model")
+        for ev in placement.evictions:
+            m.Residency.objects.filter(
+                model_id=cfg.model_ids[ev.model], endpoint_id=cfg.endpoint_ids[ev.endpoint], state="loaded"
+            ).update(state="unloading")
+        residency = m.Residency.objects.create(
+            model_id=cfg.model_ids[tag],
+            endpoint_id=cfg.endpoint_ids[placement.endpoint],
+            state="requested",
+            trigger=trigger,
+            vram_mib=placement.vram_mib,
+            requested_at=now,
+            ready_at=now + dt.timedelta(seconds=placement.load_s),
+        )
+        m.ResidencyGpu.objects.bulk_create(
+            [m.ResidencyGpu(residency=residency, gpu_id=cfg.gpu_ids[k], vram_mib=mib) for k, mib in placement.vram_by_gpu]
+        )
+        from models_registry import tasks
+
+        tasks.enqueue_load(residency.pk)
+    evicts = ", ".join(e.model for e in placement.evictions)
+    return {
+        "residency_id": residency.pk,
+        "model": tag,
+        "endpoint": placement.endpoint,
+        "state": "requested",
+        "detail": f"loading on {placement.endpoint}" + (f" after evicting {evicts}" if evicts else ""),
+    }
+
+
+def admin_preload(tag: str, endpoint: str | None = None) -> dict:
+    return request_load(tag, trigger="admin", endpoint=endpoint)
+
+
+def request_unload(tag: str, *, trigger: str, endpoint: str | None = None) -> dict:
+    with transaction.atomic():
+        rows = list(
+            m.Residency.objects.select_for_update()
+            .filter(model__tag=tag, state__in=["requested", "loading", "loaded"])
+            .filter(**({"endpoint__name": endpoint} if endpoint else {}))
+            .select_related("endpoint")
+        )
+        if not rows:
+            if not m.LlmModel.objects.filter(tag=tag).exists():
+                raise NotFound(f"unknown model {tag!r}")
+            return {"residency_id": None, "model": tag, "endpoint": endpoint, "state": None, "detail": "not loaded"}
+        from models_registry import tasks
+
+        for r in rows:
+            r.state = "unloading"
+            r.save(update_fields=["state"])
+            tasks.enqueue_unload(r.pk, trigger=trigger)
+    first = rows[0]
+    return {
+        "residency_id": first.pk,
+        "model": tag,
+        "endpoint": first.endpoint.name,
+        "state": "unloading",
+        "detail": "unloading from " + ", ".join(r.endpoint.name for r in rows),
+    }
+
+
+def admin_unload(tag: str, endpoint: str | None = None) -> dict:
+    return request_unload(tag, trigger="admin", endpoint=endpoint)

@@ -154,3 +154,16 @@ LOGGING = {
     # The embedded servers narrate every start and stop at INFO.
     "loggers": {"pgserver": {"level": "WARNING"}},
 }
+
+# TowerOps' own knobs.
+TOWEROPS_TELEMETRY_INTERVAL_S = envint("TOWEROPS_TELEMETRY_INTERVAL_S", "15")
+TOWEROPS_SYNC_INTERVAL_S = envint("TOWEROPS_SYNC_INTERVAL_S", "10")
+TOWEROPS_LOAD_TIMEOUT_S = envint("TOWEROPS_LOAD_TIMEOUT_S", "600")
+TOWEROPS_SNAPSHOT_RAW_DAYS = envint("TOWEROPS_SNAPSHOT_RAW_DAYS", "2")
+CELERY_BEAT_SCHEDULE = {
+    "sync-endpoints": {"task": "models_registry.tasks.sync_all_endpoints", "schedule": TOWEROPS_SYNC_INTERVAL_S},
+    "gpu-telemetry": {"task": "models_registry.tasks.collect_all_telemetry", "schedule": TOWEROPS_TELEMETRY_INTERVAL_S},
+    "preload-windows": {"task": "models_registry.tasks.apply_preload_windows", "schedule": 60.0},
+    "stale-loads": {"task": "models_registry.tasks.resolve_stale_loads", "schedule": 30.0},
+    "prune-snapshots": {"task": "models_registry.tasks.prune_snapshots", "schedule": 3600.0},
+}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .types import Eviction, Placement, ResidentView, World
+from .types import Eviction, GpuView, Placement, ResidentView, World
 
 NEG_INF = float("-inf")
 
@@ -64,7 +64,7 @@ class Tower:
     """Per-call bookkeeping derived once from a World (internal; shared with select)."""
 
     __slots__ = ("world", "now", "window", "free", "max_free", "evictable", "up_endpoints",
-                 "down_endpoints", "_evictions", "_recency")
+                 "down_endpoints", "_evictions", "_recency", "_room")
 
     def __init__(self, world: World, protect: Iterable[str] = ()):
         self.world = world
@@ -72,19 +72,26 @@ class Tower:
         self.window = world.params.recent_use_window_s
         free = free_mib_by_gpu(world)
         self.free = free
-        eps = sorted(world.endpoints, key=lambda e: e.key)
+        eps = world.endpoints
+        if len(eps) > 1:
+            eps = sorted(eps, key=lambda e: e.key)
         self.up_endpoints = [e for e in eps if e.up]
         self.down_endpoints = [e for e in eps if not e.up]
-        up_keys = {e.key for e in self.up_endpoints}
-        pinned = {m.tag for m in world.models if m.pinned}
-        pinned.update(protect)
         evictable: dict[str, list[tuple[ResidentView, int]]] = {}
-        for r in world.residents:
-            if (r.state == "loaded" and r.in_flight == 0 and not r.pinned
-                    and r.model not in pinned and r.endpoint in up_keys):
-                for gpu, mib in r.vram_by_gpu:
-                    if gpu in free:
-                        evictable.setdefault(gpu, []).append((r, mib))
+        if world.residents:
+            up_keys = {e.key for e in self.up_endpoints}
+            pinned = {m.tag for m in world.models if m.pinned}
+            pinned.update(protect)
+            for r in world.residents:
+                if (r.state == "loaded" and r.in_flight == 0 and not r.pinned
+                        and r.model not in pinned and r.endpoint in up_keys):
+                    for gpu, mib in r.vram_by_gpu:
+                        if gpu in free:
+                            lst = evictable.get(gpu)
+                            if lst is None:
+                                evictable[gpu] = [(r, mib)]
+                            else:
+                                lst.append((r, mib))
         max_free = dict(free)
         for gpu, items in evictable.items():
             if len(items) > 1:
@@ -95,6 +102,7 @@ class Tower:
         self.max_free = max_free
         self._evictions: dict[int, Eviction] = {}
         self._recency: dict[int, float] = {}
+        self._room: dict[str, tuple[int, int, int]] = {}
 
     # -- helpers -------------------------------------------------------------------
     def eviction(self, r: ResidentView) -> Eviction:
@@ -114,16 +122,38 @@ class Tower:
     def largest_free_mib(self) -> int:
         """Room on the roomiest GPU of an up endpoint, after every allowed eviction."""
         best = 0
-        max_free = self.max_free
         for ep in self.up_endpoints:
-            for g in ep.gpus:
-                v = max_free.get(g, 0)
-                if v > best:
-                    best = v
+            v = self.room(ep)[1]
+            if v > best:
+                best = v
         return best
 
+    def room(self, ep) -> tuple[int, int, int]:
+        """(most free MiB on one GPU, most after evictions, sum after evictions) of ``ep``."""
+        r = self._room.get(ep.key)
+        if r is None:
+            free, max_free = self.free, self.max_free
+            most = most_max = -1
+            total = 0
+            for g in ep.gpus:
+                f = free.get(g)
+                if f is None:
+                    continue
+                mf = max_free[g]
+                if f > most:
+                    most = f
+                if mf > most_max:
+                    most_max = mf
+                if mf > 0:
+                    total += mf
+            r = (most, most_max, total)
+            self._room[ep.key] = r
+        return r
+
     def _evict_for(self, gpu: str, need: int, have: int, gone: set[int] | None):
-        """Residents to evict (LRU first) so ``need`` fits on ``gpu`` given ``have`` free."""
+        """Residents to evict (LRU first) so ``need`` fits on ``gpu`` given ``have`` free.
+
+        Returns ``(residents, free MiB after)`` or None."""
         chosen = []
         for r, mib in self.evictable.get(gpu, ()):
             if gone is not None and id(r) in gone:
@@ -131,7 +161,7 @@ class Tower:
             chosen.append(r)
             have += mib
             if have >= need:
-                return chosen
+                return chosen, have
         return None
 
     def plan_on_endpoint(self, ep, need: int):
@@ -140,34 +170,34 @@ class Tower:
         Returns ``(vram_by_gpu, evicted residents, recency sum, split, MiB left over)``
         or None.
         """
+        most_free, most_max_free, sum_max_free = self.room(ep)
         free = self.free
-        max_free = self.max_free
-        best_gpu = None
-        best_left = 0
-        for g in ep.gpus:
-            f = free.get(g)
-            if f is not None and f >= need and (best_gpu is None or f - need < best_left
-                                                or (f - need == best_left and g < best_gpu)):
-                best_gpu, best_left = g, f - need
-        if best_gpu is not None:
+        if need <= most_free:  # room without evicting: the tightest fit
+            best_gpu = None
+            best_left = 0
+            for g in ep.gpus:
+                f = free.get(g)
+                if f is not None and f >= need and (best_gpu is None or f - need < best_left
+                                                    or (f - need == best_left and g < best_gpu)):
+                    best_gpu, best_left = g, f - need
             return ((best_gpu, need),), (), 0.0, False, best_left
-        best = None
-        for g in ep.gpus:
-            mf = max_free.get(g)
-            if mf is None or mf < need:
-                continue
-            chosen = self._evict_for(g, need, free[g], None)
-            if chosen is None:  # pragma: no cover - max_free says it fits
-                continue
-            rec = 0.0
-            for r in chosen:
-                rec += self.recency_of(r)
-            key = (rec, len(chosen), mf - need, g)
-            if best is None or key < best[0]:
-                best = (key, g, chosen, rec)
-        if best is not None:
+        if need <= most_max_free:  # room after evicting idle models (LRU first)
+            best = None
+            max_free = self.max_free
+            for g in ep.gpus:
+                mf = max_free.get(g)
+                if mf is None or mf < need:
+                    continue
+                chosen, have = self._evict_for(g, need, free[g], None)
+                rec = 0.0
+                for r in chosen:
+                    rec += self.recency_of(r)
+                key = (rec, len(chosen), have - need, g)
+                if best is None or key < best[0]:
+                    best = (key, g, chosen, rec)
             return ((best[1], need),), tuple(best[2]), best[3], False, best[0][2]
-        if ep.allow_split and len(ep.gpus) > 1:
+        if (ep.allow_split and len(ep.gpus) > 1
+                and need + self.world.params.split_overhead_mib <= sum_max_free):
             return self._plan_split(ep, need)
         return None
 
@@ -207,7 +237,7 @@ class Tower:
                     if more is None:
                         ok = False
                         break
-                    for r in more:
+                    for r in more[0]:
                         gone.add(id(r))
                         evicted.append(r)
                 if ok:
@@ -284,6 +314,8 @@ def place_many(world: World, tags: Iterable[str], *, allow_evictions: bool = Tru
                if r.endpoint in up and r.state in ("requested", "loading", "loaded")}
     protect = set(wanted)
     residents = list(world.residents)
+    # A telemetry figure is a snapshot: what we place or evict here moves it too.
+    measured = {g.key: g.measured_free_mib for g in world.gpus if g.measured_free_mib is not None}
     out: dict[str, Placement | None] = {}
     models = {m.tag: m for m in world.models}
     for tag in wanted:
@@ -293,7 +325,11 @@ def place_many(world: World, tags: Iterable[str], *, allow_evictions: bool = Tru
         if model is None or model.kind != "local" or not model.enabled:
             out[tag] = None
             continue
-        current = World(now=world.now, gpus=world.gpus, endpoints=world.endpoints,
+        gpus = world.gpus
+        if measured:
+            gpus = tuple(GpuView(g.key, g.name, g.total_mib, g.reserved_mib, measured[g.key])
+                         if g.key in measured else g for g in world.gpus)
+        current = World(now=world.now, gpus=gpus, endpoints=world.endpoints,
                         residents=tuple(residents), models=world.models,
                         task_types=world.task_types, urgencies=world.urgencies,
                         params=world.params)
@@ -306,7 +342,13 @@ def place_many(world: World, tags: Iterable[str], *, allow_evictions: bool = Tru
                 if r.model == ev.model and r.endpoint == ev.endpoint and r.gpus == ev.gpus \
                         and r.state == "loaded":
                     del residents[i]
+                    for g, mib in r.vram_by_gpu:
+                        if g in measured:
+                            measured[g] += mib
                     break
+        for g, mib in p.vram_by_gpu:
+            if g in measured:
+                measured[g] -= mib
         residents.append(ResidentView(model=tag, endpoint=p.endpoint, vram_by_gpu=p.vram_by_gpu,
                                       state="requested", ready_at=world.now + p.load_s))
     return out

@@ -53,8 +53,22 @@ POLICY_VERSION = "2026.11-1"
 
 INF = float("inf")
 
-# candidate groups, best first
-_CHOSEN, _ELIGIBLE, _WAITS, _BELOW, _REMOTE, _NOFIT, _OFF = range(7)
+# Candidate groups, in the order candidates are listed (best first).
+_CHOSEN, _ELIGIBLE, _WAITS, _LOADED_ONLY, _BELOW, _REMOTE, _NOFIT, _OFF = range(8)
+
+# A row is a list whose head is its sort key, so rows sort and compare natively (fast):
+#   [group, -score|INF, -quality, wait|INF, tag, endpoint|"", index,   <- key (index unique)
+#    quality, score, wait, response, action, endpoint, gpus, evictions, reason, meets]
+_G, _Q, _SCORE, _WAIT, _RESP, _ACTION, _EP, _GPUS, _EVICT, _REASON, _MEETS = (
+    0, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
+
+_WAIT_WORD = {"use_loaded": "queue", "wait_for_load": "remaining load", "load": "load",
+              "fallback": "remote latency"}
+_REMOTE_REASON = "remote: used only as the fallback when no local model meets the floor"
+
+_new = object.__new__
+_set = object.__setattr__
+_FAST_CANDIDATE = "__slots__" not in Candidate.__dict__
 
 
 class PolicyInputError(ValueError):
@@ -76,61 +90,34 @@ def _gb(mib: int) -> str:
     return f"{mib / 1024:.1f} GB"
 
 
-def _names(keys: list[str]) -> str:
+def _down(keys: list[str]) -> str:
     if len(keys) == 1:
         return f"endpoint {keys[0]} is down"
     return f"endpoints {', '.join(keys)} are down"
 
 
-_WAIT_WORD = {"use_loaded": "queue", "wait_for_load": "remaining load", "load": "load",
-              "fallback": "remote latency"}
-
-
-class _Row:
-    """One model's candidate while deciding (internal, mutable, cheap)."""
-
-    __slots__ = ("tag", "q", "has_q", "action", "endpoint", "gpus", "wait", "resp", "score",
-                 "evictions", "group", "reason", "meets")
-
-    def __init__(self, tag, q, has_q):
-        self.tag = tag
-        self.q = q
-        self.has_q = has_q
-        self.action = None
-        self.endpoint = None
-        self.gpus = ()
-        self.wait = None
-        self.resp = None
-        self.score = None
-        self.evictions = ()
-        self.group = _OFF
-        self.reason = None
-        self.meets = False
-
-    def sort_key(self):
-        s = self.score
-        w = self.wait
-        return (self.group, INF if s is None else -s, -self.q, INF if w is None else w,
-                self.tag, self.endpoint or "")
-
-    def pick_key(self):
-        return (-self.score, -self.q, self.wait, self.tag, self.endpoint or "")
-
-    def candidate(self) -> Candidate:
-        return Candidate(
-            model=self.tag, quality=self.q, endpoint=self.endpoint, gpus=self.gpus,
-            action=self.action, expected_wait_s=self.wait, expected_response_s=self.resp,
-            score=self.score, evictions=self.evictions, rejected_because=self.reason,
-        )
+def _candidate(row: list) -> Candidate:
+    if _FAST_CANDIDATE:
+        # Same object as Candidate(...) would build, without the frozen dataclass's
+        # per-field object.__setattr__ (3x cheaper; this is most of select's cost).
+        c = _new(Candidate)
+        _set(c, "__dict__", {
+            "model": row[4], "quality": row[7], "endpoint": row[12], "gpus": row[13],
+            "action": row[11], "expected_wait_s": row[9], "expected_response_s": row[10],
+            "score": row[8], "evictions": row[14], "rejected_because": row[15],
+        })
+        return c
+    return Candidate(row[4], row[7], row[12], row[13], row[11], row[9], row[10], row[8],
+                     row[14], row[15])  # pragma: no cover - only if Candidate gains slots
 
 
 def select(world: World, request: SelectionRequest) -> Decision:
-    """Choose the model for ``request`` in ``world``; see the module docstring for the rule."""
+    """Choose the model for ``request`` in ``world``; the rule is in the module docstring."""
     task = _find(world.task_types, request.task_type, "task_type")
     urg = _find(world.urgencies, request.urgency, "urgency")
     task_name = task.name
     floor = task.quality_floor
-    floor_text = f"the {task_name} floor"
+    floor_text = "the " + task_name + " floor"
     if request.min_quality is not None and request.min_quality > floor:
         floor = request.min_quality
         floor_text = "the requested minimum"
@@ -149,242 +136,274 @@ def select(world: World, request: SelectionRequest) -> Decision:
     now = world.now
     qslot = params.queue_slot_s
     split_factor = params.split_throughput_factor
+    below_tail = f" below {floor_text} {floor:.2f}"
 
     tower = Tower(world)
     up_eps = tower.up_endpoints
-    up_keys = {e.key for e in up_eps}
-    down_text = _names([e.key for e in tower.down_endpoints]) if tower.down_endpoints else ""
-
+    down_text = _down([e.key for e in tower.down_endpoints]) if tower.down_endpoints else ""
     present: dict[str, list] = {}
-    for r in world.residents:
-        if r.endpoint in up_keys and r.state != "unloading":
-            present.setdefault(r.model, []).append(r)
+    if world.residents:
+        up_keys = {e.key for e in up_eps}
+        for r in world.residents:
+            if r.endpoint in up_keys and r.state != "unloading":
+                lst = present.get(r.model)
+                if lst is None:
+                    present[r.model] = [r]
+                else:
+                    lst.append(r)
+    # Per up endpoint, its GPUs' free MiB in ascending order: the first that holds a
+    # model is its tightest fit without evicting anything.
+    # A need above ``reach`` cannot be placed on the endpoint at all (not even by evicting
+    # or splitting), so the placement code is only asked about the others.
+    free = tower.free
+    levels = []
+    for ep in up_eps:
+        lv = sorted((free[g], g) for g in ep.gpus if g in free)
+        most_free, most_max_free, sum_max_free = tower.room(ep)
+        reach = most_max_free
+        if ep.allow_split and len(lv) > 1:
+            reach = max(reach, sum_max_free - params.split_overhead_mib)
+        levels.append((ep, lv, most_free, reach))
 
-    rows: list[_Row] = []
-    remotes: list[_Row] = []
-    plan_cache: dict[tuple[str, int], object] = {}
-    largest = None
+    # need (MiB) -> (plans, best plan when the load time is the same everywhere); a plan is
+    # (eviction cost, number of evictions, MiB left over, endpoint, gpus, evictions, split),
+    # so plans compare natively, cheapest first (endpoint keys are unique).
+    by_need: dict[int, tuple] = {}
+    nofit: dict[int, str] = {}
+    rows: list[list] = []
+    remotes: list[list] = []
     any_loaded_ok = False
+    idx = 0
 
     for m in world.models:
+        idx += 1
+        tag = m.tag
         q = m.quality.get(task_name)
-        row = _Row(m.tag, 0.0 if q is None else q, q is not None)
-        meets = q is not None and q >= floor
-        row.meets = meets
-        if m.kind == "remote":
+        if q is None:
+            qv = 0.0
+            meets = False
+        else:
+            qv = q
+            meets = q >= floor
+        if m.kind != "local":
             if m.enabled:
                 wait = m.remote_latency_s
-                row.action = "fallback"
-                row.wait = wait
-                row.resp = wait + (tokens / m.tokens_per_s if m.tokens_per_s > 0 else 0.0)
-                row.score = row.q - w * wait
-                row.group = _REMOTE
-                remotes.append(row)
+                tps = m.tokens_per_s
+                score = qv - w * wait
+                remotes.append([_REMOTE, -score, -qv, wait, tag, "", idx, qv, score, wait,
+                                wait + (tokens / tps if tps > 0 else 0.0), "fallback", None, (),
+                                (), _REMOTE_REASON, meets])
             else:
-                row.reason = "disabled"
-                rows.append(row)
+                rows.append([_OFF, INF, -qv, INF, tag, "", idx, qv, None, None, None, None,
+                             None, (), (), "disabled", meets])
             continue
-        rows.append(row)
-        if not m.enabled:
-            row.reason = "disabled"
+        if not m.enabled or not up_eps:
+            why = "disabled" if not m.enabled else (down_text or "no endpoint is configured")
+            rows.append([_OFF, INF, -qv, INF, tag, "", idx, qv, None, None, None, None, None,
+                         (), (), why, meets])
             continue
-        if not up_eps:
-            row.reason = down_text or "no endpoint is configured"
-            continue
-        best = None  # (score, -wait, endpoint) compared as a tuple; endpoints iterate sorted
         tps = m.tokens_per_s
-        for r in present.get(m.tag, ()):
-            if r.state == "loaded":
-                action = "use_loaded"
-                wait = r.in_flight * qslot
-            else:
-                action = "wait_for_load"
-                ready = r.ready_at
-                if ready is None:
-                    wait = m.load_s_on(r.endpoint)
+        rs = present.get(tag)
+        if rs is not None:
+            # Already resident: use it, or wait for the load in progress (shared).
+            best = None
+            for r in rs:
+                if r.state == "loaded":
+                    action = "use_loaded"
+                    wait = r.in_flight * qslot
                 else:
-                    wait = ready - now
-                    if wait < 0.0:
-                        wait = 0.0
-            score = row.q - w * wait
-            if best is None or score > best[0] or (score == best[0] and wait < best[1]):
-                speed = tps * split_factor if len(r.vram_by_gpu) > 1 else tps
-                best = (score, wait, action, r.endpoint, r.gpus, (), speed, 0)
-        if best is None:
-            need = m.vram_mib
-            for ep in up_eps:
-                ck = (ep.key, need)
-                plan = plan_cache.get(ck, False)
-                if plan is False:
-                    plan = tower.plan_on_endpoint(ep, need)
-                    plan_cache[ck] = plan
-                if plan is None:
-                    continue
-                vram_by_gpu, evicted, rec, split, left = plan
-                wait = m.load_s_on(ep.key)
-                score = row.q - w * wait - penalty * rec
-                # ties: shorter wait, then fewer evictions, then the tightest fit
-                if best is None or score > best[0] or (score == best[0] and (
-                        wait < best[1] or (wait == best[1] and (
-                            len(evicted) < len(best[5]) or (len(evicted) == len(best[5])
-                                                             and left < best[7]))))):
-                    if len(vram_by_gpu) == 1:
-                        gpus = (vram_by_gpu[0][0],)
+                    action = "wait_for_load"
+                    ready = r.ready_at
+                    if ready is None:
+                        wait = m.load_s_on(r.endpoint)
                     else:
-                        gpus = tuple(g for g, _ in vram_by_gpu)
-                    best = (score, wait, "load", ep.key, gpus, evicted,
-                            tps * split_factor if split else tps, left)
-        if best is None:
-            if largest is None:
-                largest = tower.largest_free_mib()
-            row.reason = f"does not fit: needs {_gb(m.vram_mib)}, largest free GPU {_gb(largest)}"
-            if down_text:
-                row.reason += f" ({down_text})"
-            row.group = _NOFIT
-            continue
-        score, wait, action, ep_key, gpus, evicted, speed, _ = best
-        row.score = score
-        row.wait = wait
-        row.resp = wait + (tokens / speed if speed > 0 else 0.0)
-        row.action = action
-        row.endpoint = ep_key
-        row.gpus = gpus
-        if evicted:
-            row.evictions = tuple(tower.eviction(r) for r in evicted)
+                        wait = ready - now
+                        if wait < 0.0:
+                            wait = 0.0
+                if best is None or wait < best[0] or (wait == best[0] and r.endpoint < best[2].endpoint):
+                    best = (wait, action, r)
+            wait, action, r = best
+            ep_key = r.endpoint
+            gpus = r.gpus
+            evs = ()
+            score = qv - w * wait
+            speed = tps * split_factor if len(gpus) > 1 else tps
+        else:
+            need = m.vram_mib
+            entry = by_need.get(need)
+            if entry is None:
+                plans = []
+                for ep, lv, most, reach in levels:
+                    if need <= most:
+                        for f, g in lv:
+                            if f >= need:
+                                plans.append((0.0, 0, f - need, ep.key, (g,), (), False))
+                                break
+                    elif need <= reach:
+                        plan = tower.plan_on_endpoint(ep, need)
+                        if plan is not None:
+                            vram_by_gpu, evicted, rec, split, left = plan
+                            plans.append((penalty * rec, len(evicted), left, ep.key,
+                                          tuple(g for g, _ in vram_by_gpu),
+                                          tuple(tower.eviction(r) for r in evicted), split))
+                entry = (plans, min(plans) if plans else None)
+                by_need[need] = entry
+            plans, plan = entry
+            if plan is None:
+                why = nofit.get(need)
+                if why is None:
+                    why = (f"does not fit: needs {_gb(need)}, largest free GPU "
+                           f"{_gb(tower.largest_free_mib())}")
+                    if down_text:
+                        why += f" ({down_text})"
+                    nofit[need] = why
+                rows.append([_NOFIT, INF, -qv, INF, tag, "", idx, qv, None, None, None, None,
+                             None, (), (), why, meets])
+                continue
+            lsbe = m.load_s_by_endpoint
+            if lsbe and len(plans) > 1:
+                # Load times differ per endpoint: the best score, then the cheaper plan.
+                bkey = None
+                for p in plans:
+                    wait = m.load_s_on(p[3])
+                    key = (w * wait + p[0], wait, p)
+                    if bkey is None or key < bkey:
+                        bkey = key
+                wait = bkey[1]
+                plan = bkey[2]
+            elif lsbe:
+                wait = m.load_s_on(plan[3])
+            else:
+                wait = m.load_s
+            action = "load"
+            ep_key = plan[3]
+            gpus = plan[4]
+            evs = plan[5]
+            score = qv - w * wait - plan[0]
+            speed = tps * split_factor if plan[6] else tps
+        resp = wait + (tokens / speed if speed > 0 else 0.0)
         if meets:
-            row.group = _ELIGIBLE if wait <= patience else _WAITS
+            if wait <= patience:
+                rows.append([_ELIGIBLE, -score, -qv, wait, tag, ep_key, idx, qv, score, wait,
+                             resp, action, ep_key, gpus, evs, None, True])
+            else:
+                rows.append([_WAITS, -score, -qv, wait, tag, ep_key, idx, qv, score, wait, resp,
+                             action, ep_key, gpus, evs,
+                             f"{wait:.1f} s {_WAIT_WORD[action]} exceeds {patience_text}", True])
             if action == "use_loaded":
                 any_loaded_ok = True
         else:
-            row.group = _BELOW
-            if q is None:
-                row.reason = f"no {task_name} quality score"
-            else:
-                row.reason = f"quality {q:.2f} below {floor_text} {floor:.2f}"
+            why = ("quality %.2f" % q + below_tail) if q is not None \
+                else f"no {task_name} quality score"
+            rows.append([_BELOW, -score, -qv, wait, tag, ep_key, idx, qv, score, wait, resp,
+                         action, ep_key, gpus, evs, why, False])
 
     restricted = any_loaded_ok and urg.use_loaded_if_acceptable
-    pool = []
     eligible = []
+    pool = []
     for row in rows:
-        g = row.group
-        if g == _ELIGIBLE or g == _WAITS:
-            if restricted and row.action != "use_loaded":
-                row.group = _WAITS
-                if row.wait > patience:
-                    row.reason = f"{row.wait:.1f} s {_WAIT_WORD[row.action]} exceeds {patience_text}"
-                else:
-                    row.reason = f"not loaded: a {urg.name} request uses an acceptable loaded model"
+        g = row[0]
+        if g <= _WAITS:
+            if restricted and row[11] != "use_loaded":
+                if g == _ELIGIBLE:
+                    row[15] = f"not loaded: a {urg.name} request uses an acceptable loaded model"
+                row[0] = _LOADED_ONLY
                 continue
             pool.append(row)
             if g == _ELIGIBLE:
                 eligible.append(row)
-            else:
-                row.reason = f"{row.wait:.1f} s {_WAIT_WORD[row.action]} exceeds {patience_text}"
 
     warned = False
     fallback_text = ""
     if eligible:
-        chosen = min(eligible, key=_Row.pick_key)
+        chosen = min(eligible)
     elif pool:
-        chosen = min(pool, key=_Row.pick_key)
+        chosen = min(pool)
         warned = True
     else:
         chosen = None
         if remotes:
-            ok = [r for r in remotes if r.meets]
-            chosen = min(ok or remotes, key=_Row.pick_key)
-            warned = chosen.wait > patience
+            ok = [r for r in remotes if r[16]]
+            chosen = min(ok or remotes)
+            warned = chosen[9] > patience
         if not up_eps:
             fallback_text = "every endpoint is down" if world.endpoints else "no endpoint is configured"
         else:
             fallback_text = f"no local model meets {floor_text} {floor:.2f} and fits"
 
     if chosen is not None:
-        chosen.group = _CHOSEN
-        chosen.reason = None
-        cs = chosen.score
-        beat = f" below {chosen.tag}'s {cs:.2f}"
-        for row in eligible:
+        chosen[0] = _CHOSEN
+        chosen[15] = None
+        beat = f" below {chosen[4]}'s {chosen[8]:.2f}"
+        for row in (remotes if chosen[11] == "fallback" else eligible):
             if row is not chosen:
-                row.reason = f"scored {row.score:.2f}{beat}"
-        if warned and chosen.action != "fallback":
-            for row in pool:
-                if row is not chosen and row.reason is None:
-                    row.reason = f"scored {row.score:.2f}{beat}"
-    for row in remotes:
-        if row is not chosen:
-            row.reason = "remote: used only as the fallback when no local model meets the floor"
-            if chosen is not None and chosen.action == "fallback":
-                row.reason = f"scored {row.score:.2f} below {chosen.tag}'s {chosen.score:.2f}"
-            rows.append(row)
-        else:
-            rows.append(row)
-
-    rows.sort(key=_Row.sort_key)
-    candidates = tuple(row.candidate() for row in rows)
-    reason = _reason(chosen, rows, warned, fallback_text, floor, floor_text, patience_text,
-                     urg.name, restricted)
+                row[15] = "scored %.2f" % row[8] + beat
+    if remotes:
+        rows.extend(remotes)
+    rows.sort()
+    if _FAST_CANDIDATE:
+        candidates = []
+        append = candidates.append
+        for row in rows:
+            c = _new(Candidate)
+            _set(c, "__dict__", {
+                "model": row[4], "quality": row[7], "endpoint": row[12], "gpus": row[13],
+                "action": row[11], "expected_wait_s": row[9], "expected_response_s": row[10],
+                "score": row[8], "evictions": row[14], "rejected_because": row[15],
+            })
+            append(c)
+        candidates = tuple(candidates)
+    else:  # pragma: no cover
+        candidates = tuple(_candidate(row) for row in rows)
+    reason = _reason(chosen, rows, warned, fallback_text, floor, floor_text, patience,
+                     patience_text, urg.name)
     if chosen is None:
-        return Decision(
-            model=None, action=None, endpoint=None, gpus=(), expected_wait_s=None,
-            expected_response_s=None, quality=None, met_floor=False, warned=False,
-            reason=reason, evictions=(), candidates=candidates, policy_version=POLICY_VERSION,
-        )
-    return Decision(
-        model=chosen.tag, action=chosen.action, endpoint=chosen.endpoint, gpus=chosen.gpus,
-        expected_wait_s=chosen.wait, expected_response_s=chosen.resp, quality=chosen.q,
-        met_floor=chosen.meets, warned=warned, reason=reason, evictions=chosen.evictions,
-        candidates=candidates, policy_version=POLICY_VERSION,
-    )
+        return Decision(None, None, None, (), None, None, None, False, False, reason, (),
+                        candidates, POLICY_VERSION)
+    return Decision(chosen[4], chosen[11], chosen[12], chosen[13], chosen[9], chosen[10],
+                    chosen[7], chosen[16], warned, reason, chosen[14], candidates,
+                    POLICY_VERSION)
 
 
-def _where(row: _Row) -> str:
-    return f"{row.endpoint} ({', '.join(row.gpus)})" if row.gpus else str(row.endpoint)
-
-
-def _reason(chosen, rows, warned, fallback_text, floor, floor_text, patience_text, urg_name,
-            restricted) -> str:
+def _reason(chosen, rows, warned, fallback_text, floor, floor_text, patience, patience_text,
+            urg_name) -> str:
+    """The decision in one or two sentences, for a person."""
     if chosen is None:
         return f"{fallback_text}, and no remote fallback is enabled"
-    if chosen.action == "fallback":
-        below = "" if chosen.meets else f", though below {floor_text} {floor:.2f} too"
-        return (f"{fallback_text}: falling back to remote {chosen.tag} ({chosen.q:.2f}{below}),"
-                f" responds in {chosen.resp:.1f} s")
+    tag, q, wait, resp, action, ep = chosen[4], chosen[7], chosen[9], chosen[10], chosen[11], chosen[12]
+    if action == "fallback":
+        below = "" if chosen[16] else f", though below {floor_text} {floor:.2f} too"
+        return f"{fallback_text}: falling back to remote {tag} ({q:.2f}{below}), responds in {resp:.1f} s"
     meets = f"meets {floor_text} {floor:.2f}"
     evicting = ""
-    if chosen.evictions:
-        evicting = ", evicting " + ", ".join(e.model for e in chosen.evictions)
+    if chosen[14]:
+        evicting = ", evicting " + ", ".join(e.model for e in chosen[14])
     if warned:
-        text = (f"nothing met both {floor_text} {floor:.2f} and {patience_text}: "
-                f"{chosen.tag} ({chosen.q:.2f}) is the best that meets the floor, "
-                f"with a {chosen.wait:.1f} s {_WAIT_WORD[chosen.action]} on {chosen.endpoint}"
-                f"{evicting} (warned)")
-        return text
-    if chosen.action == "use_loaded":
-        queued = ""
-        if chosen.wait > 0:
-            queued = f" after a {chosen.wait:.1f} s queue"
-        text = f"{chosen.tag} is loaded on {chosen.endpoint} and {meets}: responds in {chosen.resp:.1f} s{queued}"
-    elif chosen.action == "wait_for_load":
-        text = (f"{chosen.tag} is already loading on {chosen.endpoint} and {meets}: ready in "
-                f"{chosen.wait:.1f} s, responds in {chosen.resp:.1f} s")
+        return (f"nothing met both {floor_text} {floor:.2f} and {patience_text}: {tag} ({q:.2f}) "
+                f"is the best that meets the floor, with a {wait:.1f} s {_WAIT_WORD[action]} on "
+                f"{ep}{evicting}, responds in {resp:.1f} s (warned)")
+    if action == "use_loaded":
+        queued = f" after a {wait:.1f} s queue" if wait > 0 else ""
+        text = f"{tag} is loaded on {ep} and {meets}: responds in {resp:.1f} s{queued}"
+    elif action == "wait_for_load":
+        text = (f"{tag} is already loading on {ep} and {meets}: ready in {wait:.1f} s, "
+                f"responds in {resp:.1f} s")
     else:
-        text = (f"{chosen.tag} ({chosen.q:.2f}) {meets}: a {chosen.wait:.1f} s load on "
-                f"{_where(chosen)}{evicting}, responds in {chosen.resp:.1f} s")
-    # Name the best better-quality model that was not chosen, and why.
+        text = (f"{tag} ({q:.2f}) {meets}: a {wait:.1f} s load on {ep} ({', '.join(chosen[13])})"
+                f"{evicting}, responds in {resp:.1f} s")
+    # Name the best better-quality model that fits and meets the floor, and why it lost.
     alt = None
     for row in rows:
-        if row is chosen or not row.meets or row.score is None or row.action == "fallback":
-            continue
-        if row.q > chosen.q and (alt is None or row.q > alt.q):
+        if (row[0] in (_ELIGIBLE, _WAITS, _LOADED_ONLY) and row[7] > q
+                and (alt is None or row[7] > alt[7])):
             alt = row
     if alt is not None:
-        word = _WAIT_WORD[alt.action]
-        if alt.group == _WAITS and alt.wait is not None and alt.reason and "exceeds" in alt.reason:
-            text += (f"; {alt.tag} ({alt.q:.2f}) would need a {alt.wait:.1f} s {word}, "
-                     f"beyond {patience_text}")
-        elif restricted and alt.action != "use_loaded":
-            text += f"; {alt.tag} ({alt.q:.2f}) is not loaded and a {urg_name} request does not wait for a load"
+        word = _WAIT_WORD[alt[11]]
+        if alt[9] > patience:
+            text += f"; {alt[4]} ({alt[7]:.2f}) would need a {alt[9]:.1f} s {word}, beyond {patience_text}"
+        elif alt[0] == _LOADED_ONLY:
+            text += (f"; {alt[4]} ({alt[7]:.2f}) is not loaded, and a {urg_name} request does not "
+                     f"wait for a load while an acceptable model is loaded")
         else:
-            text += f"; {alt.tag} ({alt.q:.2f}) scored {alt.score:.2f} with a {alt.wait:.1f} s {word}"
+            text += f"; {alt[4]} ({alt[7]:.2f}) scored {alt[8]:.2f} with a {alt[9]:.1f} s {word}"
     return text

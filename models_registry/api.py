@@ -1,0 +1,176 @@
+"""The v1 API of the model registry: thin views — validate, call a service, shape the reply."""
+from __future__ import annotations
+
+from django.db.models import Prefetch
+from django.shortcuts import get_object_or_404
+from ninja import Router
+
+from models_registry import models as m
+from models_registry import services
+from models_registry.auth import ApiKeyAuth, require
+from models_registry.policy import SelectionRequest
+from models_registry.schemas import (
+    DecisionOut,
+    ErrorOut,
+    ModelOut,
+    OutcomeIn,
+    OutcomeOut,
+    PreloadIn,
+    ResidencyOut,
+    SelectIn,
+    SelectOut,
+    StateOut,
+)
+
+router = Router(auth=ApiKeyAuth(), tags=["selection"])
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut, 503: ErrorOut}
+
+
+@router.post("/select", response={200: SelectOut, **ERRORS})
+def select_model(request, payload: SelectIn):
+    """Choose the model for one request; record the decision and reserve VRAM for a load."""
+    require(request, "select")
+    req = SelectionRequest(
+        task_type=payload.task_type,
+        urgency=payload.urgency,
+        min_quality=payload.min_quality,
+        max_wait_s=payload.max_wait_s,
+        expected_output_tokens=payload.expected_output_tokens,
+    )
+    result = services.select_and_record(req, client=payload.client, dry_run=payload.dry_run)
+    d = result.decision
+    return {
+        "decision_id": result.record.pk if result.record else None,
+        "model": d.model,
+        "endpoint": d.endpoint,
+        "gpus": list(d.gpus),
+        "action": d.action,
+        "expected_wait_s": d.expected_wait_s,
+        "expected_response_s": d.expected_response_s,
+        "quality": d.quality,
+        "met_floor": d.met_floor,
+        "warned": d.warned,
+        "reason": d.reason,
+        "evictions": [
+            {"model": e.model, "endpoint": e.endpoint, "gpus": list(e.gpus), "vram_mib": e.vram_mib} for e in d.evictions
+        ],
+        "alternatives": [
+            {
+                "model": c.model,
+                "quality": c.quality,
+                "expected_wait_s": c.expected_wait_s,
+                "score": c.score,
+                "rejected_because": c.rejected_because,
+            }
+            for c in d.candidates
+            if c.model != d.model
+        ],
+        "policy_version": d.policy_version,
+    }
+
+
+def _decision_out(row: m.SelectionDecision) -> dict:
+    outcome = getattr(row, "outcome", None)
+    return {
+        "id": row.pk,
+        "created_at": row.created_at,
+        "client": row.client,
+        "task_type": row.task_type.name,
+        "urgency": row.urgency,
+        "min_quality": row.min_quality,
+        "max_wait_s": row.max_wait_s,
+        "expected_output_tokens": row.expected_output_tokens,
+        "model": row.model.tag if row.model else None,
+        "endpoint": row.endpoint.name if row.endpoint else None,
+        "gpus": row.gpu_keys,
+        "action": row.action,
+        "expected_wait_s": row.expected_wait_s,
+        "expected_response_s": row.expected_response_s,
+        "quality": row.quality,
+        "met_floor": row.met_floor,
+        "warned": row.warned,
+        "reason": row.reason,
+        "evictions": row.evictions,
+        "candidates": row.candidates,
+        "policy_version": row.policy_version,
+        "decision_us": row.decision_us,
+        "outcome": _outcome_out(outcome) if outcome else None,
+    }
+
+
+def _outcome_out(o: m.DecisionOutcome) -> dict:
+    return {
+        "decision_id": o.decision_id,
+        "response_ms": o.response_ms,
+        "success": o.success,
+        "rating": o.rating,
+        "reported_at": o.reported_at,
+    }
+
+
+@router.get("/decisions/{decision_id}", response={200: DecisionOut, **ERRORS})
+def get_decision(request, decision_id: int):
+    require(request, "read")
+    row = get_object_or_404(
+        m.SelectionDecision.objects.select_related("task_type", "model", "endpoint", "outcome"), pk=decision_id
+    )
+    return _decision_out(row)
+
+
+@router.post("/decisions/{decision_id}/outcome", response={200: OutcomeOut, **ERRORS})
+def report_outcome(request, decision_id: int, payload: OutcomeIn):
+    """What actually happened: feeds the response-time SLO and observed quality. Reporting again replaces it."""
+    require(request, "select")
+    outcome = services.record_outcome(decision_id, payload.response_ms, payload.success, payload.rating)
+    if outcome is None:
+        return 404, {"detail": f"no decision {decision_id}"}
+    return _outcome_out(outcome)
+
+
+@router.get("/state", response={200: StateOut, **ERRORS})
+def get_state(request):
+    """GPUs with their free VRAM, endpoints, and what is loaded where."""
+    require(request, "read")
+    return services.fleet_state()
+
+
+@router.get("/models", response={200: list[ModelOut], **ERRORS})
+def list_models(request):
+    require(request, "read")
+    active = m.Residency.objects.filter(state__in=m.Residency.ACTIVE_STATES).select_related("endpoint")
+    rows = m.LlmModel.objects.prefetch_related(
+        Prefetch("quality_scores", queryset=m.QualityScore.objects.select_related("task_type")),
+        Prefetch("residencies", queryset=active, to_attr="active"),
+    )
+    return [
+        {
+            "tag": r.tag,
+            "kind": r.kind,
+            "family": r.family,
+            "parameters_b": r.parameters_b,
+            "quantization": r.quantization,
+            "vram_mib": r.vram_mib,
+            "context_length": r.context_length,
+            "load_s": r.load_s,
+            "tokens_per_s": r.tokens_per_s,
+            "enabled": r.enabled,
+            "pinned": r.pinned,
+            "quality": {q.task_type.name: q.score for q in r.quality_scores.all()},
+            "loaded_on": sorted(f"{x.endpoint.name}:{x.state}" for x in r.active),
+        }
+        for r in rows
+    ]
+
+
+@router.post("/models/{tag}/preload", response={200: ResidencyOut, **ERRORS})
+def preload_model(request, tag: str, payload: PreloadIn | None = None):
+    """Load a model now (admin scope): placed like a selection's load, never over-committing."""
+    require(request, "admin")
+    return services.admin_preload(tag, endpoint=payload.endpoint if payload else None)
+
+
+@router.post("/models/{tag}/unload", response={200: ResidencyOut, **ERRORS})
+def unload_model(request, tag: str, payload: PreloadIn | None = None):
+    """Unload a model from every endpoint (or one) that holds it (admin scope)."""
+    require(request, "admin")
+    return services.admin_unload(tag, endpoint=payload.endpoint if payload else None)

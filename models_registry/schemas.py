@@ -1,0 +1,166 @@
+"""Request and response shapes of the v1 API (django-ninja / pydantic)."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from ninja import Schema
+from pydantic import ConfigDict, Field
+
+
+class _In(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SelectIn(_In):
+    task_type: str = Field(min_length=1, max_length=64)
+    urgency: str = Field(min_length=1, max_length=20)
+    min_quality: float | None = Field(None, ge=0, le=1)
+    max_wait_s: float | None = Field(None, ge=0, le=86400)
+    expected_output_tokens: int | None = Field(None, ge=0, le=1_000_000)
+    client: str = Field("", max_length=200)
+    dry_run: bool = False
+
+
+class EvictionOut(Schema):
+    model: str
+    endpoint: str
+    gpus: list[str]
+    vram_mib: int
+
+
+class AlternativeOut(Schema):
+    model: str
+    quality: float | None
+    expected_wait_s: float | None
+    score: float | None
+    rejected_because: str | None
+
+
+class SelectOut(Schema):
+    decision_id: int | None
+    model: str | None
+    endpoint: str | None
+    gpus: list[str]
+    action: str | None
+    expected_wait_s: float | None
+    expected_response_s: float | None
+    quality: float | None
+    met_floor: bool
+    warned: bool
+    reason: str
+    evictions: list[EvictionOut]
+    alternatives: list[AlternativeOut]
+    policy_version: str
+
+
+class OutcomeIn(_In):
+    response_ms: int = Field(ge=0, le=86_400_000)
+    success: bool
+    rating: float | None = Field(None, ge=0, le=1)
+
+
+class OutcomeOut(Schema):
+    decision_id: int
+    response_ms: int
+    success: bool
+    rating: float | None
+    reported_at: dt.datetime
+
+
+class DecisionOut(Schema):
+    id: int
+    created_at: dt.datetime
+    client: str
+    task_type: str
+    urgency: str
+    min_quality: float | None
+    max_wait_s: float | None
+    expected_output_tokens: int | None
+    model: str | None
+    endpoint: str | None
+    gpus: list[str]
+    action: str | None
+    expected_wait_s: float | None
+    expected_response_s: float | None
+    quality: float | None
+    met_floor: bool
+    warned: bool
+    reason: str
+    evictions: list[dict]
+    candidates: list[dict]
+    policy_version: str
+    decision_us: int
+    outcome: OutcomeOut | None
+
+
+class GpuStateOut(Schema):
+    key: str
+    name: str
+    vendor: str
+    total_mib: int
+    reserved_mib: int
+    allocated_mib: int
+    free_mib: int
+    measured_free_mib: int | None
+    measured_at: dt.datetime | None
+
+
+class ResidentOut(Schema):
+    residency_id: int
+    model: str
+    endpoint: str
+    gpus: list[str]
+    state: str
+    vram_mib: int
+    ready_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    trigger: str
+
+
+class EndpointStateOut(Schema):
+    name: str
+    base_url: str
+    up: bool
+    version: str
+    gpus: list[str]
+    last_checked_at: dt.datetime | None
+
+
+class StateOut(Schema):
+    gpus: list[GpuStateOut]
+    endpoints: list[EndpointStateOut]
+    residents: list[ResidentOut]
+
+
+class ModelOut(Schema):
+    tag: str
+    kind: str
+    family: str
+    parameters_b: float | None
+    quantization: str
+    vram_mib: int
+    context_length: int
+    load_s: float
+    tokens_per_s: float
+    enabled: bool
+    pinned: bool
+    quality: dict[str, float]
+    loaded_on: list[str]
+
+
+class PreloadIn(_In):
+    endpoint: str | None = Field(None, max_length=100)
+
+
+class ResidencyOut(Schema):
+    residency_id: int | None
+    model: str
+    endpoint: str | None
+    state: Literal["requested", "loading", "loaded", "unloading", "unloaded", "failed"] | None
+    detail: str
+
+
+class ErrorOut(Schema):
+    detail: str | list

@@ -1,0 +1,348 @@
+"""Celery tasks: the agent's work on each host. Tasks take ids and are idempotent.
+
+Loads, unloads, state sync and telemetry run on the host's own queue (`Host.queue`), so
+each host's agent talks to its own Ollama and GPUs; fan-out and policy tasks run on
+`central`. Every task is safe to run twice: it re-reads the row and does nothing when
+the work is already done.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from celery import shared_task
+from django.conf import settings
+from django.db import transaction
+
+from models_registry import models as m
+from models_registry.services import utcnow
+
+log = logging.getLogger(__name__)
+
+LOAD_TIMEOUT_S = float(getattr(settings, "TOWEROPS_LOAD_TIMEOUT_S", 600))
+REQUESTED_TIMEOUT_S = float(getattr(settings, "TOWEROPS_REQUESTED_TIMEOUT_S", 120))
+EWMA_ALPHA = 0.3  # weight of the newest load time in the learned estimate
+
+
+def _client(endpoint: m.Endpoint, load_timeout: float | None = None):
+    from models_registry.ollama import OllamaClient
+
+    return OllamaClient(endpoint.base_url, load_timeout=load_timeout or LOAD_TIMEOUT_S)
+
+
+def _queue_of(residency_id: int) -> str:
+    return m.Residency.objects.filter(pk=residency_id).values_list("endpoint__host__queue", flat=True).first() or "central"
+
+
+def enqueue_load(residency_id: int, decision_id: int | None = None) -> None:
+    """Queue the load on the host's agent once the reservation is committed."""
+    queue = _queue_of(residency_id)
+    transaction.on_commit(lambda: execute_load.apply_async(args=[residency_id], queue=queue))
+
+
+def enqueue_unload(residency_id: int, trigger: str) -> None:
+    queue = _queue_of(residency_id)
+    transaction.on_commit(lambda: execute_unload.apply_async(args=[residency_id, trigger], queue=queue))
+
+
+def _gpu_keys(residency: m.Residency) -> list[str]:
+    return [p.gpu.key for p in residency.placements.select_related("gpu__host")]
+
+
+def learn_load_time(model_id: int, endpoint_id: int, seconds: float) -> None:
+    """Update the EWMA of load seconds for this model on this endpoint."""
+    with transaction.atomic():
+        est = m.LoadTimeEstimate.objects.select_for_update().filter(model_id=model_id, endpoint_id=endpoint_id).first()
+        if est is None:
+            m.LoadTimeEstimate.objects.create(model_id=model_id, endpoint_id=endpoint_id, seconds=seconds, samples=1)
+        else:
+            est.seconds = EWMA_ALPHA * seconds + (1 - EWMA_ALPHA) * est.seconds
+            est.samples += 1
+            est.save(update_fields=["seconds", "samples", "updated_at"])
+
+
+@shared_task(bind=True, acks_late=True, max_retries=0, soft_time_limit=LOAD_TIMEOUT_S + 30)
+def execute_load(self, residency_id: int) -> str:
+    """requested → loading → loaded | failed. Evictions marked `unloading` on the same endpoint go first."""
+    from models_registry.ollama import OllamaError, OllamaUnavailable
+
+    with transaction.atomic():
+        r = m.Residency.objects.select_for_update().select_related("model", "endpoint").filter(pk=residency_id).first()
+        if r is None or r.state != "requested":
+            return f"nothing to do ({r.state if r else 'gone'})"
+        r.state, r.loaded_at = "loading", utcnow()
+        r.save(update_fields=["state", "loaded_at"])
+    endpoint, model = r.endpoint, r.model
+    for victim in m.Residency.objects.filter(endpoint=endpoint, state="unloading").values_list("pk", flat=True):
+        execute_unload(victim, "selection" if r.trigger == "selection" else r.trigger, evict=True)
+    started = utcnow()
+    try:
+        result = _client(endpoint).load(model.tag, keep_alive=endpoint.keep_alive, num_ctx=endpoint.num_ctx)
+    except (OllamaError, OllamaUnavailable, Exception) as exc:  # any failure must release the VRAM
+        finished = utcnow()
+        with transaction.atomic():
+            updated = m.Residency.objects.filter(pk=r.pk, state="loading").update(
+                state="failed", ended_at=finished, error=str(exc)[:2000]
+            )
+            if updated:
+                m.LoadEvent.objects.create(
+                    model=model, endpoint=endpoint, gpu_keys=_gpu_keys(r), kind="fail", trigger=r.trigger,
+                    requested_at=r.requested_at, started_at=started, finished_at=finished,
+                    duration_s=(finished - started).total_seconds(), vram_mib=r.vram_mib, error=str(exc)[:2000],
+                    residency=r, decision=r.decisions.first(),
+                )
+        log.warning("load of %s on %s failed: %s", model.tag, endpoint.name, exc)
+        return f"failed: {exc}"
+    finished = utcnow()
+    duration = (finished - started).total_seconds()
+    with transaction.atomic():
+        updated = m.Residency.objects.filter(pk=r.pk, state="loading").update(
+            state="loaded", ready_at=finished, expires_at=getattr(result, "expires_at", None)
+        )
+        if updated:
+            m.LoadEvent.objects.create(
+                model=model, endpoint=endpoint, gpu_keys=_gpu_keys(r), kind="load", trigger=r.trigger,
+                requested_at=r.requested_at, started_at=started, finished_at=finished, duration_s=duration,
+                vram_mib=r.vram_mib, residency=r, decision=r.decisions.first(),
+            )
+    if updated:
+        learn_load_time(model.pk, endpoint.pk, duration)
+    return f"loaded {model.tag} on {endpoint.name} in {duration:.1f} s"
+
+
+@shared_task(bind=True, acks_late=True, max_retries=3, default_retry_delay=5)
+def execute_unload(self, residency_id: int, trigger: str = "admin", evict: bool = False) -> str:
+    """unloading → unloaded, confirmed through /api/ps (Ollama unloads asynchronously)."""
+    from models_registry.ollama import OllamaUnavailable
+
+    r = m.Residency.objects.select_related("model", "endpoint").filter(pk=residency_id).first()
+    if r is None or r.state not in ("unloading",):
+        return f"nothing to do ({r.state if r else 'gone'})"
+    started = utcnow()
+    client = _client(r.endpoint)
+    try:
+        client.unload(r.model.tag)
+        client.wait_unloaded(r.model.tag, timeout=60)
+    except OllamaUnavailable as exc:
+        raise self.retry(exc=exc, countdown=2 ** self.request.retries)
+    finished = utcnow()
+    with transaction.atomic():
+        if m.Residency.objects.filter(pk=r.pk, state="unloading").update(state="unloaded", ended_at=finished):
+            m.LoadEvent.objects.create(
+                model=r.model, endpoint=r.endpoint, gpu_keys=_gpu_keys(r), kind="evict" if evict else "unload",
+                trigger=trigger, requested_at=started, started_at=started, finished_at=finished,
+                duration_s=(finished - started).total_seconds(), vram_mib=r.vram_mib, residency=r,
+            )
+    return f"unloaded {r.model.tag} from {r.endpoint.name}"
+
+
+@shared_task
+def resolve_stale_loads() -> int:
+    """A load never stays `loading` for ever: a killed worker or a hung endpoint is resolved as failed."""
+    now = utcnow()
+    stale = m.Residency.objects.filter(
+        state="loading", loaded_at__lt=now - dt.timedelta(seconds=LOAD_TIMEOUT_S)
+    ) | m.Residency.objects.filter(state="requested", requested_at__lt=now - dt.timedelta(seconds=REQUESTED_TIMEOUT_S))
+    count = 0
+    for r in stale.select_related("model", "endpoint"):
+        with transaction.atomic():
+            if m.Residency.objects.filter(pk=r.pk, state=r.state).update(
+                state="failed", ended_at=now, error=f"timed out in state {r.state}"
+            ):
+                m.LoadEvent.objects.create(
+                    model=r.model, endpoint=r.endpoint, gpu_keys=_gpu_keys(r), kind="fail", trigger=r.trigger,
+                    requested_at=r.requested_at, started_at=r.loaded_at, finished_at=now,
+                    vram_mib=r.vram_mib, error=f"timed out in state {r.state}", residency=r,
+                )
+                count += 1
+    return count
+
+
+# --------------------------------------------------------------------------- state sync
+
+
+@shared_task
+def sync_all_endpoints() -> int:
+    """Fan out: each endpoint is synced by its own host's agent."""
+    rows = list(m.Endpoint.objects.values_list("pk", "host__queue"))
+    for pk, queue in rows:
+        sync_endpoint.apply_async(args=[pk], queue=queue, expires=30)
+    return len(rows)
+
+
+@shared_task
+def sync_endpoint(endpoint_id: int) -> str:
+    """Reconcile Residency with Ollama's /api/ps; mark the endpoint up or down.
+
+    Models someone else loaded appear with trigger `external`; models Ollama dropped on
+    its own (keep_alive expiry, its own eviction) end with a LoadEvent (`expiry` when their
+    expires_at has passed, else `external`).
+    """
+    from models_registry.ollama import OllamaError, OllamaUnavailable
+
+    endpoint = m.Endpoint.objects.select_related("host").filter(pk=endpoint_id).first()
+    if endpoint is None:
+        return "gone"
+    client = _client(endpoint, load_timeout=10)
+    now = utcnow()
+    try:
+        version = client.version()
+        running = {r.name: r for r in client.ps()}
+    except (OllamaUnavailable, OllamaError) as exc:
+        m.Endpoint.objects.filter(pk=endpoint.pk).update(is_up=False, last_checked_at=now, last_error=str(exc)[:2000])
+        return f"{endpoint.name} down: {exc}"
+    m.Endpoint.objects.filter(pk=endpoint.pk).update(is_up=True, version=version, last_checked_at=now, last_error="")
+    m.Host.objects.filter(pk=endpoint.host_id).update(last_seen_at=now)
+    tags = {_canonical(t): t for t in m.LlmModel.objects.values_list("tag", flat=True)}
+    with transaction.atomic():
+        active = {
+            r.model.tag: r
+            for r in m.Residency.objects.select_for_update()
+            .select_related("model")
+            .filter(endpoint=endpoint, state__in=["loaded", "loading", "unloading"])
+        }
+        seen = set()
+        for name, info in running.items():
+            tag = tags.get(_canonical(name))
+            if tag is None:
+                continue  # a model TowerOps does not manage; its VRAM shows in telemetry
+            seen.add(tag)
+            r = active.get(tag)
+            if r is None:
+                _adopt_external(endpoint, tag, info, now)
+            elif r.state == "loaded" and info.expires_at:
+                m.Residency.objects.filter(pk=r.pk).update(expires_at=info.expires_at)
+        for tag, r in active.items():
+            if tag in seen or r.state != "loaded":
+                continue  # loading: the load task owns it; unloading: the unload task does
+            expired = r.expires_at is not None and r.expires_at <= now
+            m.Residency.objects.filter(pk=r.pk).update(state="unloaded", ended_at=now)
+            m.LoadEvent.objects.create(
+                model=r.model, endpoint=endpoint, gpu_keys=_gpu_keys(r), kind="unload",
+                trigger="expiry" if expired else "external", requested_at=now, finished_at=now, vram_mib=r.vram_mib,
+                residency=r,
+            )
+    return f"{endpoint.name} up: {len(running)} running"
+
+
+def _canonical(tag: str) -> str:
+    return tag if ":" in tag else f"{tag}:latest"
+
+
+def _adopt_external(endpoint: m.Endpoint, tag: str, info, now: dt.datetime) -> None:
+    model = m.LlmModel.objects.get(tag=tag)
+    gpus = list(endpoint.gpus.select_related("host").order_by("index"))
+    vram = int((getattr(info, "size_vram", 0) or 0) / 2**20) or model.vram_mib
+    r = m.Residency.objects.create(
+        model=model, endpoint=endpoint, state="loaded", trigger="external", vram_mib=vram,
+        requested_at=now, loaded_at=now, ready_at=now, expires_at=info.expires_at,
+    )
+    if gpus:
+        # Ollama does not say which GPU; charge the one with the most room (what its scheduler picks).
+        target = max(gpus, key=lambda g: g.usable_mib - sum(p.vram_mib for p in g.placements.filter(
+            residency__state__in=m.Residency.ACTIVE_STATES)))
+        m.ResidencyGpu.objects.create(residency=r, gpu=target, vram_mib=vram)
+    m.LoadEvent.objects.create(
+        model=model, endpoint=endpoint, gpu_keys=[g.key for g in gpus[:1]], kind="load", trigger="external",
+        requested_at=now, finished_at=now, vram_mib=vram, residency=r,
+    )
+
+
+# --------------------------------------------------------------------------- GPU telemetry
+
+
+@shared_task
+def collect_all_telemetry() -> int:
+    queues = list(m.Host.objects.values_list("pk", "queue"))
+    for pk, queue in queues:
+        record_gpu_snapshots.apply_async(args=[pk], queue=queue, expires=30)
+    return len(queues)
+
+
+@shared_task
+def record_gpu_snapshots(host_id: int) -> int:
+    """Read this host's GPUs (NVML, AMD sysfs) and append a GpuSnapshot each. Runs on the host itself."""
+    from models_registry import collectors
+
+    readings = collectors.read_all()
+    gpus = {g.index: g for g in m.Gpu.objects.filter(host_id=host_id)}
+    by_uuid = {g.uuid: g for g in gpus.values() if g.uuid}
+    now = utcnow()
+    rows = []
+    for reading in readings:
+        gpu = by_uuid.get(reading.uuid) or gpus.get(reading.index)
+        if gpu is None:
+            continue
+        rows.append(
+            m.GpuSnapshot(
+                gpu=gpu, taken_at=now, total_mib=reading.total_mib, used_mib=reading.used_mib,
+                free_mib=reading.free_mib, util_pct=reading.util_pct, temperature_c=reading.temperature_c,
+                power_w=reading.power_w,
+            )
+        )
+    m.GpuSnapshot.objects.bulk_create(rows)
+    m.Host.objects.filter(pk=host_id).update(last_seen_at=now)
+    return len(rows)
+
+
+@shared_task
+def prune_snapshots() -> int:
+    """Thin old snapshots: keep every row for RAW_DAYS, then one per GPU per 5 minutes."""
+    from django.db import connection
+
+    raw_days = int(getattr(settings, "TOWEROPS_SNAPSHOT_RAW_DAYS", 2))
+    cutoff = utcnow() - dt.timedelta(days=raw_days)
+    with connection.cursor() as cur:
+        cur.execute(
+            """
+            DELETE FROM models_registry_gpusnapshot s
+            USING (
+                SELECT id, row_number() OVER (
+                    PARTITION BY gpu_id, date_trunc('hour', taken_at),
+                                 floor(extract(minute FROM taken_at) / 5)
+                    ORDER BY taken_at) AS n
+                FROM models_registry_gpusnapshot WHERE taken_at < %s
+            ) old
+            WHERE s.id = old.id AND old.n > 1
+            """,
+            [cutoff],
+        )
+        return cur.rowcount
+
+
+# --------------------------------------------------------------------------- preload windows
+
+
+def desired_warm_set(at: dt.datetime) -> list[str]:
+    tags: list[str] = []
+    for window in m.PreloadWindow.objects.filter(enabled=True).prefetch_related("models").order_by("name"):
+        if window.is_active(at):
+            for model in window.models.filter(enabled=True, kind="local").order_by("tag"):
+                if model.tag not in tags:
+                    tags.append(model.tag)
+    return tags
+
+
+@shared_task
+def apply_preload_windows() -> dict:
+    """Warm what the active windows want (placed like selections); cool what an ended window warmed."""
+    from models_registry.services import NoRoom, request_load, request_unload
+
+    now = utcnow()
+    wanted = desired_warm_set(now)
+    loaded, skipped, cooled = [], [], []
+    for tag in wanted:
+        try:
+            result = request_load(tag, trigger="preload", now=now, protect=tuple(wanted))
+            if result["detail"].startswith("loading"):
+                loaded.append(tag)
+        except NoRoom as exc:
+            skipped.append(f"{tag}: {exc}")
+    idle_since = now - dt.timedelta(minutes=float(getattr(settings, "TOWEROPS_PRELOAD_IDLE_MIN", 5)))
+    for r in m.Residency.objects.filter(state="loaded", trigger="preload").select_related("model", "endpoint"):
+        busy = r.busy_until is not None and r.busy_until > now
+        recently = r.last_used_at is not None and r.last_used_at > idle_since
+        if r.model.tag not in wanted and not busy and not recently and not r.model.pinned:
+            request_unload(r.model.tag, trigger="preload", endpoint=r.endpoint.name)
+            cooled.append(r.model.tag)
+    return {"wanted": wanted, "loading": loaded, "skipped": skipped, "cooling": cooled}
