@@ -123,7 +123,7 @@ def report_outcome(request, decision_id: int, payload: OutcomeIn):
     require(request, "select")
     outcome = services.record_outcome(decision_id, payload.response_ms, payload.success, payload.rating)
     if outcome is None:
-        return 404, {"detail": f"no decision {decision_id}"}
+        raise services.NotFound(f"no decision {decision_id}")
     return _outcome_out(outcome)
 
 
@@ -162,15 +162,22 @@ def list_models(request):
     ]
 
 
-@router.post("/models/{tag}/preload", response={200: ResidencyOut, **ERRORS})
+@router.post("/models/{path:tag}/preload", response={200: ResidencyOut, **ERRORS})
 def preload_model(request, tag: str, payload: PreloadIn | None = None):
     """Load a model now (admin scope): placed like a selection's load, never over-committing."""
     require(request, "admin")
+    _check_path(tag)
     return services.admin_preload(tag, endpoint=payload.endpoint if payload else None)
 
 
-@router.post("/models/{tag}/unload", response={200: ResidencyOut, **ERRORS})
+@router.post("/models/{path:tag}/unload", response={200: ResidencyOut, **ERRORS})
 def unload_model(request, tag: str, payload: PreloadIn | None = None):
     """Unload a model from every endpoint (or one) that holds it (admin scope)."""
     require(request, "admin")
+    _check_path(tag)
     return services.admin_unload(tag, endpoint=payload.endpoint if payload else None)
+
+
+def _check_path(tag: str) -> None:
+    if "\x00" in tag or len(tag) > 200:
+        raise services.BadInput("tag: must be at most 200 characters without NUL")

@@ -368,7 +368,9 @@ def _generation_s(decision: Decision) -> float:
 def _mark_used(residency_id: int | None, decision: Decision, now: dt.datetime) -> None:
     if residency_id is None:
         return
-    gen = dt.timedelta(seconds=_generation_s(decision) + (decision.expected_wait_s or 0.0))
+    # The request queues behind what is already there: busy_until moves by its own generation
+    # time only (its wait is the queue that busy_until already describes).
+    gen = dt.timedelta(seconds=_generation_s(decision))
     with connection.cursor() as cur:
         cur.execute(
             "UPDATE models_registry_residency SET last_used_at = %s, "
@@ -423,6 +425,10 @@ class DomainError(Exception):
 
 class NotFound(DomainError):
     status = 404
+
+
+class BadInput(DomainError):
+    status = 422
 
 
 class NoRoom(DomainError):

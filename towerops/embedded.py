@@ -7,7 +7,11 @@ to the same servers; pgserver stops its server when the last of them exits.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
+
+# pgserver keeps its lock under the user's runtime dir; /tmp is fine when the login sets none.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 
 def postgres_url(var_dir: Path) -> str:

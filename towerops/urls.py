@@ -1,3 +1,5 @@
+import os
+
 from django.contrib import admin
 from django.urls import path
 
@@ -7,3 +9,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
 ]
+
+if os.environ.get("TOWEROPS_BENCH_ENDPOINTS") == "1":  # bench/bench_api.py's baselines; never in production
+    from bench.baseline import api as bench_api
+
+    urlpatterns.append(path("bench/", bench_api.urls))

@@ -197,6 +197,27 @@ def test_use_loaded_updates_last_used_and_busy_until(tower, api):
     assert res.busy_until > first_busy  # a second request queues behind the first
 
 
+def test_busy_until_grows_by_one_request_at_a_time(tower, api):
+    """Each selection routed to a loaded model queues one request's generation behind the
+    others: the expected wait grows by about one queue slot per request, not geometrically
+    (which would push busy_until past year 10,000 within ~40 requests: a 503 for ever after)."""
+    res = put_loaded("llama3.2:3b", last_used_s_ago=3600)
+    slot = 1.0  # PolicyParams.queue_slot_s
+    gen = 64 / 80  # general's default 64 tokens at llama3.2:3b's 80 tokens/s
+    waits, failed = [], None
+    for n in range(45):
+        r = api.post(SELECT, {"task_type": "general", "urgency": "critical"})
+        if r.status_code != 200:
+            failed = (n, r.status_code, r.content)
+            break
+        waits.append(r.json()["expected_wait_s"])
+    for n, wait in enumerate(waits):
+        assert wait <= n * max(slot, gen) + slot, (n, waits[: n + 1])
+    assert failed is None, failed
+    res.refresh_from_db()
+    assert res.busy_until - _now() <= dt.timedelta(seconds=45 * (slot + gen))
+
+
 def test_load_that_evicts_an_idle_model_marks_it_unloading(tower, api, captured_loads,
                                                          django_capture_on_commit_callbacks):
     # Only the RTX 3060 is up (11,325 MiB usable), holding an idle deepseek-coder-v2:16b
