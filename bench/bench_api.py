@@ -270,6 +270,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per wrk measurement")
     ap.add_argument("--fixed-duration", type=float, default=10.0, help="seconds of the fixed-rate run")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure a, b, c, c' this many times, interleaved, and report each one's median "
+                         "(steadier on a shared machine)")
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--keep-db", action="store_true", help=f"leave the {BENCH_DB} database behind")
@@ -331,37 +334,35 @@ def main() -> int:
 
         script = workdir / "post.lua"
         wrk_script(script, SELECT_BODY, key)
-        results = {}
         plan = [
             ("a", "/bench/const", "constant JSON (framework ceiling)"),
             ("b", "/bench/insert", "one durable INSERT of a decision-sized row"),
             ("c", "/api/v1/select", "select, use_loaded, every decision persisted"),
+            ("c'", "/api/v1/select", "select, fallback (endpoints down), every decision persisted"),
         ]
-        for name, path, what in plan:
-            wrk(server.base + path, script, 2, args.connections)  # warm-up
-            before = psql(bench_url, "SELECT count(*) FROM models_registry_selectiondecision", fetch=True)[0][0]
-            res = wrk(server.base + path, script, args.duration, args.connections)
-            after = psql(bench_url, "SELECT count(*) FROM models_registry_selectiondecision", fetch=True)[0][0]
-            res["decisions"] = after - before
-            res["what"] = what
-            if res["non2xx"]:
-                res["sample_error"] = sample(server.base + path, key)
-            results[name] = res
-            print(f"  ({name}) {what}: {res['rps']:.0f} req/s, non-2xx {res['non2xx']}", flush=True)
+        runs: dict[str, list[dict]] = {name: [] for name, _, _ in plan}
+        for rnd in range(args.rounds):
+            for name, path, what in plan:
+                if name == "c'":  # the fallback path: every endpoint down, no residency to touch
+                    psql(bench_url, "UPDATE models_registry_endpoint SET is_up = false")
+                wrk(server.base + path, script, 2, args.connections)  # warm-up
+                count = "SELECT count(*) FROM models_registry_selectiondecision"
+                before = psql(bench_url, count, fetch=True)[0][0]
+                res = wrk(server.base + path, script, args.duration, args.connections)
+                res["decisions"] = psql(bench_url, count, fetch=True)[0][0] - before
+                res["what"] = what
+                if res["non2xx"]:
+                    res["sample_error"] = sample(server.base + path, key)
+                if name == "c'":
+                    psql(bench_url, "UPDATE models_registry_endpoint SET is_up = true")
+                runs[name].append(res)
+                print(f"  round {rnd + 1}: ({name}) {what}: {res['rps']:.0f} req/s, non-2xx {res['non2xx']}",
+                      flush=True)
+        # each endpoint's median round
+        results = {name: sorted(rs, key=lambda r: r["rps"])[len(rs) // 2] for name, rs in runs.items()}
+        for name, rs in runs.items():
+            results[name]["all_rps"] = [r["rps"] for r in rs]
         inserted_bytes = psql(bench_url, "SELECT avg(pg_column_size(t.*))::int FROM bench_insert t", fetch=True)[0][0]
-
-        # (c') the fallback path: every endpoint down, no residency to touch.
-        psql(bench_url, "UPDATE models_registry_endpoint SET is_up = false")
-        time.sleep(0.1)
-        wrk(server.base + "/api/v1/select", script, 2, args.connections)
-        res = wrk(server.base + "/api/v1/select", script, args.duration, args.connections)
-        res["what"] = "select, fallback (endpoints down), every decision persisted"
-        if res["non2xx"]:
-            res["sample_error"] = sample(server.base + "/api/v1/select", key)
-        results["c'"] = res
-        print(f"  (c') {res['what']}: {res['rps']:.0f} req/s, non-2xx {res['non2xx']}", flush=True)
-        psql(bench_url, "UPDATE models_registry_endpoint SET is_up = true")
-        time.sleep(0.1)
 
         # Latency at a fixed offered load: half of select's maximum.
         c_max = results["c"]["rps"] if results["c"]["non2xx"] == 0 else results["c'"]["rps"]
@@ -394,7 +395,7 @@ def report(results, fixed, settings, row_bytes, inserted_bytes, n_indexes, args)
           f"PostgreSQL {settings.get('server_version')} (synchronous_commit={settings.get('synchronous_commit')}, "
           f"fsync={settings.get('fsync')}, wal_sync_method={settings.get('wal_sync_method')})")
     print(f"server: gunicorn, {args.workers} sync workers, DEBUG=0; load: wrk -t2 -c{args.connections}, "
-          f"{args.duration:.0f} s per figure after a 2 s warm-up")
+          f"{args.duration:.0f} s per figure after a 2 s warm-up, median of {args.rounds} interleaved round(s)")
     print(f"decision row: {row_bytes} B (pg_column_size; {n_indexes} indexes on its table); "
           f"baseline row: {inserted_bytes} B (primary key only)")
     print()
@@ -402,10 +403,13 @@ def report(results, fixed, settings, row_bytes, inserted_bytes, n_indexes, args)
     print(f"|{'-' * 64}|{'-' * 9}:|{'-' * 8}:|{'-' * 8}:|{'-' * 9}:|")
     for name in ("a", "b", "c", "c'"):
         r = results[name]
-        label = f"({name}) {r['what']}"
+        label = f"({name}) {r['what']}"[:62]
         print(f"| {label:<62} | {r['rps']:>7.0f} | {r['latency_ms'].get(50, float('nan')):>6.2f} | "
               f"{r['latency_ms'].get(99, float('nan')):>6.2f} | {r['non2xx']:>7} |")
     print()
+    if args.rounds > 1:
+        print("rounds (req/s): " + "; ".join(
+            f"{n}: {', '.join(f'{x:.0f}' for x in results[n]['all_rps'])}" for n in ("a", "b", "c", "c'")))
     print(f"c / b = {c / b:.0%}   (target >= 50 %)        c / a = {c / a:.0%}")
     print(f"c'/ b = {cf / b:.0%}   (fallback path)          c'/ a = {cf / a:.0%}")
     if results["c"].get("decisions") is not None:
