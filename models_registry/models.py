@@ -352,12 +352,15 @@ class SelectionDecision(models.Model):
 
     created_at = models.DateTimeField(db_index=False)
     client = models.CharField(max_length=200, blank=True)
-    task_type = models.ForeignKey(TaskType, on_delete=models.PROTECT, related_name="decisions")
+    # FK indexes are left to the composite (…, created_at) indexes below: fewer writes per decision.
+    task_type = models.ForeignKey(TaskType, on_delete=models.PROTECT, related_name="decisions", db_index=False)
     urgency = models.CharField(max_length=20, choices=UrgencyClass.Name.choices)
     min_quality = models.FloatField(null=True, blank=True)
     max_wait_s = models.FloatField(null=True, blank=True)
     expected_output_tokens = models.PositiveIntegerField(null=True, blank=True)
-    model = models.ForeignKey(LlmModel, on_delete=models.PROTECT, null=True, blank=True, related_name="decisions")
+    model = models.ForeignKey(
+        LlmModel, on_delete=models.PROTECT, null=True, blank=True, related_name="decisions", db_index=False
+    )
     endpoint = models.ForeignKey(Endpoint, on_delete=models.SET_NULL, null=True, blank=True, related_name="decisions")
     gpu_keys = ArrayField(models.CharField(max_length=120), default=list, blank=True)
     action = models.CharField(max_length=16, choices=Action.choices, null=True, blank=True)
@@ -418,7 +421,7 @@ class LoadEvent(models.Model):
         EXPIRY = "expiry"
         EXTERNAL = "external"
 
-    model = models.ForeignKey(LlmModel, on_delete=models.PROTECT, related_name="load_events")
+    model = models.ForeignKey(LlmModel, on_delete=models.PROTECT, related_name="load_events", db_index=False)
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="load_events")
     gpu_keys = ArrayField(models.CharField(max_length=120), default=list, blank=True)
     kind = models.CharField(max_length=10, choices=Kind.choices)

@@ -210,13 +210,12 @@ def validate_request(req: SelectionRequest, cfg: Config) -> None:
         raise UnknownChoice("urgency", req.urgency, [u for u in m.UrgencyClass.Name.values if u in urgencies])
 
 
-_config_ids: dict[int, int] = {}
+_current_config: dict = {"cfg": None, "id": None}
 
 
 def config_snapshot_id(world: World, cfg: Config) -> int:
     """The ConfigSnapshot row for this Config, created once per distinct content."""
-    key = id(cfg)
-    if key not in _config_ids:
+    if _current_config["cfg"] is not cfg:
         body = {
             "models": [{**asdict(x), "quality": dict(x.quality)} for x in world.models],
             "task_types": [asdict(x) for x in world.task_types],
@@ -228,9 +227,9 @@ def config_snapshot_id(world: World, cfg: Config) -> int:
         text = json.dumps(body, sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()
         row, _ = m.ConfigSnapshot.objects.get_or_create(sha256=digest, defaults={"body": body})
-        _config_ids.clear()  # only the current config is worth remembering
-        _config_ids[key] = row.pk
-    return _config_ids[key]
+        # Holding the Config itself (not its id()) means a new Config can never be mistaken for it.
+        _current_config["cfg"], _current_config["id"] = cfg, row.pk
+    return _current_config["id"]
 
 
 def live_state(world: World) -> dict:
@@ -307,7 +306,9 @@ def select_and_record(
             residency_id = _reserve(decision, world, cfg, now)
         elif decision.action in ("use_loaded", "wait_for_load"):
             residency_id = rids.get((decision.model, decision.endpoint))
-            _mark_used(residency_id, decision, now)
+            # After the decision commits, in its own short transaction: the residency row is
+            # shared by every request to that model and must not be locked across a COMMIT.
+            transaction.on_commit(lambda: _mark_used(residency_id, decision, now))
         record = m.SelectionDecision.objects.create(
             created_at=now,
             client=client[:200],
@@ -371,7 +372,9 @@ def _mark_used(residency_id: int | None, decision: Decision, now: dt.datetime) -
     # The request queues behind what is already there: busy_until moves by its own generation
     # time only (its wait is the queue that busy_until already describes).
     gen = dt.timedelta(seconds=_generation_s(decision))
-    with connection.cursor() as cur:
+    with transaction.atomic(), connection.cursor() as cur:
+        # last_used_at and busy_until are estimates: no need to wait for the disk.
+        cur.execute("SET LOCAL synchronous_commit = off")
         cur.execute(
             "UPDATE models_registry_residency SET last_used_at = %s, "
             "busy_until = GREATEST(COALESCE(busy_until, %s), %s) + %s WHERE id = %s",

@@ -3,7 +3,7 @@ one error envelope ({"detail": ...}) for everything that can go wrong."""
 import logging
 
 from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, OperationalError
 from ninja import NinjaAPI
 from ninja.errors import ValidationError
 
@@ -49,6 +49,17 @@ def database_unavailable(request, exc):
     # Django drops the broken connection at the end of the request; the next one reconnects.
     log.warning("database unavailable: %s", exc)
     return api.create_response(request, {"detail": "database unavailable, retry shortly"}, status=503)
+
+
+@api.exception_handler(DataError)
+def bad_data(request, exc):
+    # A value PostgreSQL refuses (out of range, bad encoding) is the caller's error: retrying won't help.
+    return api.create_response(request, {"detail": f"invalid value: {str(exc).splitlines()[0]}"}, status=422)
+
+
+@api.exception_handler(IntegrityError)
+def conflict(request, exc):
+    return api.create_response(request, {"detail": "conflicts with the current state, retry"}, status=409)
 
 
 @api.exception_handler(DatabaseError)

@@ -20,7 +20,7 @@ def _clean_caches():
     def clear():
         auth._cache.clear()
         state.invalidate_config()
-        services._config_ids.clear()
+        services._current_config.update(cfg=None, id=None)
 
     clear()
     yield

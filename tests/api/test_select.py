@@ -91,7 +91,7 @@ def test_use_loaded_decision_is_recorded_with_candidates_state_config_and_versio
 def test_decisions_share_one_config_snapshot(tower, api):
     put_loaded("llama3.2:3b")
     select(api, task_type="general", urgency="critical")
-    services._config_ids.clear()  # as another process would: same content, same row
+    services._current_config.update(cfg=None, id=None)  # as another process would: same content, same row
     from models_registry import state
 
     state.invalidate_config()
@@ -177,27 +177,30 @@ def test_second_identical_selection_waits_for_the_same_load(tower, api, captured
     assert 0 < second["expected_wait_s"] <= 13.5  # what is left of the same load
     res = m.Residency.objects.get()  # no second residency
     assert m.SelectionDecision.objects.get(pk=second["decision_id"]).residency_id == res.pk
-    assert callbacks == [] and len(captured_loads) == 1  # and no second load
+    assert len(captured_loads) == 1  # and no second load (the callback left is the busy_until update)
     assert res.busy_until > _now()
 
 
-def test_use_loaded_updates_last_used_and_busy_until(tower, api):
+def test_use_loaded_updates_last_used_and_busy_until(tower, api, django_capture_on_commit_callbacks):
     res = put_loaded("llama3.2:3b", last_used_s_ago=3600)
     assert res.busy_until is None
     before = _now()
-    out = select(api, task_type="general", urgency="critical")
+    # The update runs once the decision has committed (its own short transaction).
+    with django_capture_on_commit_callbacks(execute=True):
+        out = select(api, task_type="general", urgency="critical")
     assert out["action"] == "use_loaded"
     res.refresh_from_db()
     assert res.state == "loaded"
     assert res.last_used_at >= before - dt.timedelta(milliseconds=1)
     assert res.busy_until > res.last_used_at  # pushed out by the expected generation time
     first_busy = res.busy_until
-    select(api, task_type="general", urgency="critical")
+    with django_capture_on_commit_callbacks(execute=True):
+        select(api, task_type="general", urgency="critical")
     res.refresh_from_db()
     assert res.busy_until > first_busy  # a second request queues behind the first
 
 
-def test_busy_until_grows_by_one_request_at_a_time(tower, api):
+def test_busy_until_grows_by_one_request_at_a_time(tower, api, django_capture_on_commit_callbacks):
     """Each selection routed to a loaded model queues one request's generation behind the
     others: the expected wait grows by about one queue slot per request, not geometrically
     (which would push busy_until past year 10,000 within ~40 requests: a 503 for ever after)."""
@@ -206,7 +209,8 @@ def test_busy_until_grows_by_one_request_at_a_time(tower, api):
     gen = 64 / 80  # general's default 64 tokens at llama3.2:3b's 80 tokens/s
     waits, failed = [], None
     for n in range(45):
-        r = api.post(SELECT, {"task_type": "general", "urgency": "critical"})
+        with django_capture_on_commit_callbacks(execute=True):
+            r = api.post(SELECT, {"task_type": "general", "urgency": "critical"})
         if r.status_code != 200:
             failed = (n, r.status_code, r.content)
             break
