@@ -10,7 +10,7 @@ import pytest
 
 POLICY = Path(__file__).resolve().parents[2] / "models_registry" / "policy"
 FORBIDDEN_STDLIB = {"time", "random", "secrets", "uuid", "logging", "os", "socket", "threading",
-                    "subprocess", "asyncio", "io", "pathlib", "datetime", "zoneinfo", "sqlite3"}
+                    "subprocess", "asyncio", "io", "pathlib", "datetime", "zoneinfo", "sqlite3"}  # I/O the core must not touch
 MODULES = sorted(POLICY.glob("*.py"))
 
 
