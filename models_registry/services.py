@@ -1,25 +1,41 @@
 """The imperative shell: database reads and writes around the pure parts."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from dataclasses import dataclass, field
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from models_registry import models as m
+from models_registry import policy
+from models_registry.policy import Decision, Eviction, SelectionRequest, World
 from models_registry.profile import Profile, gb_to_mib
+from models_registry.state import Config, read_world
 
 
 @dataclass
 class ImportSummary:
     created: dict[str, int] = field(default_factory=dict)
     updated: dict[str, int] = field(default_factory=dict)
+    _seen: set = field(default_factory=set)  # (kind, pk) already counted
 
-    def count(self, kind: str, created: bool, changed: bool) -> None:
+    def count(self, kind: str, created: bool, changed: bool, pk=None) -> None:
+        if (kind, pk) in self._seen:
+            return
+        if created or changed:
+            self._seen.add((kind, pk))
         if created:
             self.created[kind] = self.created.get(kind, 0) + 1
         elif changed:
             self.updated[kind] = self.updated.get(kind, 0) + 1
+
+    def touch(self, kind: str, obj) -> None:
+        """A many-to-many change: an update, unless the row was just created (or already counted)."""
+        self.count(kind, False, True, obj.pk)
 
     def __str__(self) -> str:
         def fmt(d):
@@ -41,7 +57,7 @@ def _upsert(model, lookup: dict, values: dict, summary: ImportSummary, kind: str
         if user is not None and hasattr(obj, "history"):
             obj._history_user = user
         obj.save()
-    summary.count(kind, created, changed)
+    summary.count(kind, created, changed, obj.pk)
     return obj
 
 
@@ -88,7 +104,7 @@ def import_profile(profile: Profile, user=None) -> ImportSummary:
             wanted = {gpus[i].pk for i in e.gpus}
             if set(ep.gpus.values_list("pk", flat=True)) != wanted:
                 ep.gpus.set(wanted)
-                s.count("endpoints", False, True)
+                s.touch("endpoints", ep)
     tasks = {}
     for t in profile.task_types:
         tasks[t.name] = _upsert(
@@ -167,7 +183,7 @@ def import_profile(profile: Profile, user=None) -> ImportSummary:
         wanted = {llms[t].pk if t in llms else m.LlmModel.objects.get(tag=t).pk for t in w.models}
         if set(win.models.values_list("pk", flat=True)) != wanted:
             win.models.set(wanted)
-            s.count("preload windows", False, True)
+            s.touch("preload windows", win)
     return s
 
 
@@ -177,16 +193,6 @@ def utcnow() -> dt.datetime:
 
 # --------------------------------------------------------------------------- selection
 
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict  # noqa: E402
-
-from django.db import connection  # noqa: E402
-
-from models_registry import policy  # noqa: E402
-from models_registry.policy import Decision, SelectionRequest, World  # noqa: E402
-from models_registry.state import Config, read_world  # noqa: E402
 
 # One lock for every selection that reserves VRAM: loads are rare (the SLO is < 10 an hour),
 # so serialising them costs nothing, and two selections can never both take the same MiB.
@@ -298,12 +304,15 @@ def select_and_record(
         return SelectionResult(decision, None)
     with transaction.atomic():
         if decision.action == "load":
-            with connection.cursor() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", [RESERVATION_LOCK])
+            _lock_reservations()
             decision, world, cfg, rids, us = _decide(req, now)
         residency_id = None
         if decision.action == "load":
-            residency_id = _reserve(decision, world, cfg, now)
+            residency_id = _reserve(
+                cfg, decision.model, decision.endpoint, _vram_by_gpu(decision, world), decision.evictions,
+                trigger="selection", now=now, load_s=decision.expected_wait_s or 0.0,
+                busy_s=decision.expected_response_s or 0.0,
+            )
         elif decision.action in ("use_loaded", "wait_for_load"):
             residency_id = rids.get((decision.model, decision.endpoint))
             # After the decision commits, in its own short transaction: the residency row is
@@ -336,7 +345,7 @@ def select_and_record(
             residency_id=residency_id,
         )
         if decision.action == "load":
-            from models_registry import tasks
+            from models_registry import tasks  # tasks imports this module
 
             tasks.enqueue_load(residency_id, decision_id=record.pk)
     return SelectionResult(decision, record, residency_id)
@@ -393,25 +402,40 @@ def _vram_by_gpu(decision: Decision, world: World) -> tuple[tuple[str, int], ...
     return placement.vram_by_gpu
 
 
-def _reserve(decision: Decision, world: World, cfg: Config, now: dt.datetime) -> int:
-    """Residency in state requested for the new model; evicted ones go to unloading."""
-    model_id = cfg.model_ids[decision.model]
-    endpoint_id = cfg.endpoint_ids[decision.endpoint]
-    vram_by_gpu = _vram_by_gpu(decision, world)
-    for ev in decision.evictions:
+def _lock_reservations() -> None:
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", [RESERVATION_LOCK])
+
+
+def _reserve(
+    cfg: Config,
+    tag: str,
+    endpoint: str,
+    vram_by_gpu: tuple[tuple[str, int], ...],
+    evictions: tuple[Eviction, ...],
+    *,
+    trigger: str,
+    now: dt.datetime,
+    load_s: float,
+    busy_s: float = 0.0,
+) -> int:
+    """A Residency in state requested for the new model; the models it evicts go to unloading.
+
+    Callers hold RESERVATION_LOCK and have just read the world under it."""
+    for ev in evictions:
         m.Residency.objects.filter(
             model_id=cfg.model_ids[ev.model], endpoint_id=cfg.endpoint_ids[ev.endpoint], state="loaded"
         ).update(state="unloading")
     residency = m.Residency.objects.create(
-        model_id=model_id,
-        endpoint_id=endpoint_id,
+        model_id=cfg.model_ids[tag],
+        endpoint_id=cfg.endpoint_ids[endpoint],
         state="requested",
-        trigger="selection",
+        trigger=trigger,
         vram_mib=sum(mib for _, mib in vram_by_gpu),
         requested_at=now,
-        ready_at=now + dt.timedelta(seconds=decision.expected_wait_s or 0.0),
-        last_used_at=now,
-        busy_until=now + dt.timedelta(seconds=(decision.expected_response_s or 0.0)),
+        ready_at=now + dt.timedelta(seconds=load_s),
+        last_used_at=now if busy_s else None,
+        busy_until=now + dt.timedelta(seconds=busy_s) if busy_s else None,
     )
     m.ResidencyGpu.objects.bulk_create(
         [m.ResidencyGpu(residency=residency, gpu_id=cfg.gpu_ids[key], vram_mib=mib) for key, mib in vram_by_gpu]
@@ -451,9 +475,7 @@ def record_outcome(decision_id: int, response_ms: int, success: bool, rating: fl
 def fleet_state(now: dt.datetime | None = None) -> dict:
     now = now or utcnow()
     world, cfg, rids = read_world(now)
-    from models_registry.policy import free_mib_by_gpu
-
-    free = free_mib_by_gpu(world)
+    free = policy.free_mib_by_gpu(world)
     allocated: dict[str, int] = {}
     for r in world.residents:
         for key, mib in r.vram_by_gpu:
@@ -524,12 +546,9 @@ def request_load(tag: str, *, trigger: str, endpoint: str | None = None, now: dt
 
     Placed by the same code as selections, under the same lock; an already-active
     residency is returned as it is (idempotent)."""
-    from models_registry.policy import place
-
     now = now or utcnow()
     with transaction.atomic():
-        with connection.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", [RESERVATION_LOCK])
+        _lock_reservations()
         world, cfg, rids = read_world(now)
         if tag not in cfg.model_ids:
             raise NotFound(f"unknown model {tag!r}")
@@ -541,39 +560,23 @@ def request_load(tag: str, *, trigger: str, endpoint: str | None = None, now: dt
         if endpoint is not None:
             if endpoint not in cfg.endpoint_ids:
                 raise NotFound(f"unknown endpoint {endpoint!r}")
-            from models_registry.policy import EndpointView
-
-            world = World(
-                now=world.now, gpus=world.gpus,
-                endpoints=tuple(e if e.key == endpoint else EndpointView(e.key, e.gpus, e.allow_split, False) for e in world.endpoints),
-                residents=world.residents, models=world.models, task_types=world.task_types,
-                urgencies=world.urgencies, params=world.params,
+            # Only the named endpoint may take it: to the placement code, the others are down.
+            world = dataclasses.replace(
+                world, endpoints=tuple(e if e.key == endpoint else dataclasses.replace(e, up=False) for e in world.endpoints)
             )
-        placement = place(world, tag, protect=protect)
+        placement = policy.place(world, tag, protect=protect)
         if placement is None:
             raise NoRoom(f"{tag} does not fit on any up endpoint{' ' + endpoint if endpoint else ''} without evicting a busy or pinned model")
-        for ev in placement.evictions:
-            m.Residency.objects.filter(
-                model_id=cfg.model_ids[ev.model], endpoint_id=cfg.endpoint_ids[ev.endpoint], state="loaded"
-            ).update(state="unloading")
-        residency = m.Residency.objects.create(
-            model_id=cfg.model_ids[tag],
-            endpoint_id=cfg.endpoint_ids[placement.endpoint],
-            state="requested",
-            trigger=trigger,
-            vram_mib=placement.vram_mib,
-            requested_at=now,
-            ready_at=now + dt.timedelta(seconds=placement.load_s),
+        residency_id = _reserve(
+            cfg, tag, placement.endpoint, placement.vram_by_gpu, placement.evictions,
+            trigger=trigger, now=now, load_s=placement.load_s,
         )
-        m.ResidencyGpu.objects.bulk_create(
-            [m.ResidencyGpu(residency=residency, gpu_id=cfg.gpu_ids[k], vram_mib=mib) for k, mib in placement.vram_by_gpu]
-        )
-        from models_registry import tasks
+        from models_registry import tasks  # tasks imports this module
 
-        tasks.enqueue_load(residency.pk)
+        tasks.enqueue_load(residency_id)
     evicts = ", ".join(e.model for e in placement.evictions)
     return {
-        "residency_id": residency.pk,
+        "residency_id": residency_id,
         "model": tag,
         "endpoint": placement.endpoint,
         "state": "requested",
@@ -597,7 +600,7 @@ def request_unload(tag: str, *, trigger: str, endpoint: str | None = None) -> di
             if not m.LlmModel.objects.filter(tag=tag).exists():
                 raise NotFound(f"unknown model {tag!r}")
             return {"residency_id": None, "model": tag, "endpoint": endpoint, "state": None, "detail": "not loaded"}
-        from models_registry import tasks
+        from models_registry import tasks  # tasks imports this module
 
         for r in rows:
             r.state = "unloading"

@@ -64,8 +64,6 @@ def learn_load_time(model_id: int, endpoint_id: int, seconds: float) -> None:
 @shared_task(bind=True, acks_late=True, max_retries=0, soft_time_limit=LOAD_TIMEOUT_S + 30)
 def execute_load(self, residency_id: int) -> str:
     """requested → loading → loaded | failed. Evictions marked `unloading` on the same endpoint go first."""
-    from models_registry.ollama import OllamaError, OllamaUnavailable
-
     with transaction.atomic():
         r = m.Residency.objects.select_for_update().select_related("model", "endpoint").filter(pk=residency_id).first()
         if r is None or r.state != "requested":
@@ -78,7 +76,7 @@ def execute_load(self, residency_id: int) -> str:
     started = utcnow()
     try:
         result = _client(endpoint).load(model.tag, keep_alive=endpoint.keep_alive, num_ctx=endpoint.num_ctx)
-    except (OllamaError, OllamaUnavailable, Exception) as exc:  # any failure must release the VRAM
+    except Exception as exc:  # OllamaError, OllamaUnavailable or anything else: the VRAM must be released
         finished = utcnow()
         with transaction.atomic():
             updated = m.Residency.objects.filter(pk=r.pk, state="loading").update(
