@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 # pgserver keeps its lock under the user's runtime dir; /tmp is fine when the login sets none.
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
@@ -19,8 +20,9 @@ def postgres_url(var_dir: Path) -> str:
 
     server = pgserver.get_server(var_dir / "pgdata", cleanup_mode="stop")
     info = server.get_postmaster_info()
-    # A unix socket: nothing listens on the network.
-    return f"postgres://postgres@/postgres?host={info.socket_dir}&port={info.port}"
+    # A unix socket: nothing listens on the network. The socket directory goes in the host
+    # part (percent-encoded), so Django's HOST/PORT describe the server like any other.
+    return f"postgres://postgres@{quote(str(info.socket_dir), safe='')}:{info.port}/postgres"
 
 
 def redis_url(var_dir: Path) -> str:
