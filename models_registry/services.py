@@ -302,53 +302,87 @@ def select_and_record(
     decision, world, cfg, rids, us = _decide(req, now)
     if dry_run:
         return SelectionResult(decision, None)
-    with transaction.atomic():
-        if decision.action == "load":
+    if decision.action == "load":
+        with transaction.atomic():
             _lock_reservations()
-            decision, world, cfg, rids, us = _decide(req, now)
-        residency_id = None
-        if decision.action == "load":
-            residency_id = _reserve(
-                cfg, decision.model, decision.endpoint, _vram_by_gpu(decision, world), decision.evictions,
-                trigger="selection", now=now, load_s=decision.expected_wait_s or 0.0,
-                busy_s=decision.expected_response_s or 0.0,
-            )
-        elif decision.action in ("use_loaded", "wait_for_load"):
-            residency_id = rids.get((decision.model, decision.endpoint))
-            # After the decision commits, in its own short transaction: the residency row is
-            # shared by every request to that model and must not be locked across a COMMIT.
-            transaction.on_commit(lambda: _mark_used(residency_id, decision, now))
-        record = m.SelectionDecision.objects.create(
-            created_at=now,
-            client=client[:200],
-            task_type_id=cfg.task_ids[req.task_type],
-            urgency=req.urgency,
-            min_quality=req.min_quality,
-            max_wait_s=req.max_wait_s,
-            expected_output_tokens=req.expected_output_tokens,
-            model_id=cfg.model_ids.get(decision.model) if decision.model else None,
-            endpoint_id=cfg.endpoint_ids.get(decision.endpoint) if decision.endpoint else None,
-            gpu_keys=list(decision.gpus),
-            action=decision.action,
-            expected_wait_s=decision.expected_wait_s,
-            expected_response_s=decision.expected_response_s,
-            quality=decision.quality,
-            met_floor=decision.met_floor,
-            warned=decision.warned,
-            reason=decision.reason,
-            evictions=[asdict(e) for e in decision.evictions],
-            candidates=candidates_json(decision),
-            input_state=live_state(world),
-            config_id=config_snapshot_id(world, cfg),
-            policy_version=decision.policy_version,
-            decision_us=us,
-            residency_id=residency_id,
-        )
-        if decision.action == "load":
-            from models_registry import tasks  # tasks imports this module
+            decision, world, cfg, rids, us = _decide(req, now)  # the state may have moved meanwhile
+            residency_id = None
+            if decision.action == "load":
+                residency_id = _reserve(
+                    cfg, decision.model, decision.endpoint, _vram_by_gpu(decision, world), decision.evictions,
+                    trigger="selection", now=now, load_s=decision.expected_wait_s or 0.0,
+                    busy_s=decision.expected_response_s or 0.0,
+                )
+            elif decision.action in ("use_loaded", "wait_for_load"):
+                residency_id = rids.get((decision.model, decision.endpoint))
+            record = _record(req, client, decision, world, cfg, now, us, residency_id)
+            if decision.action == "load":
+                from models_registry import tasks  # tasks imports this module
 
-            tasks.enqueue_load(residency_id, decision_id=record.pk)
+                tasks.enqueue_load(residency_id, decision_id=record.pk)
+            else:
+                _mark_used(residency_id, decision, now)
+        return SelectionResult(decision, record, residency_id)
+    # The common path reserves nothing: one INSERT, durable on its own, then the estimate
+    # of how busy the model is, in its own transaction that does not wait for the disk.
+    residency_id = rids.get((decision.model, decision.endpoint)) if decision.action != "fallback" else None
+    record = _record(req, client, decision, world, cfg, now, us, residency_id)
+    _mark_used(residency_id, decision, now)
     return SelectionResult(decision, record, residency_id)
+
+
+_DECISION_COLUMNS = (
+    "created_at", "client", "task_type_id", "urgency", "min_quality", "max_wait_s", "expected_output_tokens",
+    "model_id", "endpoint_id", "gpu_keys", "action", "expected_wait_s", "expected_response_s", "quality",
+    "met_floor", "warned", "reason", "evictions", "candidates", "input_state", "config_id", "policy_version",
+    "decision_us", "residency_id",
+)
+_JSON_COLUMNS = {"evictions", "candidates", "input_state"}
+# Written by hand rather than through the ORM: this INSERT is on every selection's path and
+# compiling it costs more than running it. The columns are SelectionDecision's own.
+_INSERT_DECISION_SQL = "INSERT INTO models_registry_selectiondecision ({}) VALUES ({}) RETURNING id".format(
+    ", ".join(_DECISION_COLUMNS),
+    ", ".join("%s::jsonb" if c in _JSON_COLUMNS else "%s" for c in _DECISION_COLUMNS),
+)
+
+
+def _record(
+    req: SelectionRequest, client: str, decision: Decision, world: World, cfg: Config, now: dt.datetime,
+    us: int, residency_id: int | None,
+) -> m.SelectionDecision:
+    values = {
+        "created_at": now,
+        "client": client[:200],
+        "task_type_id": cfg.task_ids[req.task_type],
+        "urgency": req.urgency,
+        "min_quality": req.min_quality,
+        "max_wait_s": req.max_wait_s,
+        "expected_output_tokens": req.expected_output_tokens,
+        "model_id": cfg.model_ids.get(decision.model) if decision.model else None,
+        "endpoint_id": cfg.endpoint_ids.get(decision.endpoint) if decision.endpoint else None,
+        "gpu_keys": list(decision.gpus),
+        "action": decision.action,
+        "expected_wait_s": decision.expected_wait_s,
+        "expected_response_s": decision.expected_response_s,
+        "quality": decision.quality,
+        "met_floor": decision.met_floor,
+        "warned": decision.warned,
+        "reason": decision.reason,
+        "evictions": [asdict(e) for e in decision.evictions],
+        "candidates": candidates_json(decision),
+        "input_state": live_state(world),
+        "config_id": config_snapshot_id(world, cfg),
+        "policy_version": decision.policy_version,
+        "decision_us": us,
+        "residency_id": residency_id,
+    }
+    params = [json.dumps(values[c]) if c in _JSON_COLUMNS else values[c] for c in _DECISION_COLUMNS]
+    with connection.cursor() as cur:
+        cur.execute(_INSERT_DECISION_SQL, params)
+        pk = cur.fetchone()[0]
+    record = m.SelectionDecision(id=pk, **values)
+    record._state.adding = False
+    return record
 
 
 def candidates_json(decision: Decision) -> list[dict]:
@@ -375,20 +409,37 @@ def _generation_s(decision: Decision) -> float:
     return max(0.0, decision.expected_response_s - decision.expected_wait_s)
 
 
+# SKIP LOCKED: when another selection is updating the row right now, skip this update rather
+# than queue behind it. Under heavy concurrency to one model the estimate then runs low,
+# never blocks; at a tower's rates (a few requests a second per model) nothing is skipped.
+_MARK_USED_SQL = (
+    "UPDATE models_registry_residency SET last_used_at = %s, "
+    "busy_until = GREATEST(COALESCE(busy_until, %s), %s) + %s "
+    "WHERE id = (SELECT id FROM models_registry_residency WHERE id = %s FOR UPDATE SKIP LOCKED)"
+)
+
+
 def _mark_used(residency_id: int | None, decision: Decision, now: dt.datetime) -> None:
+    """Push the residency's busy_until out by this request's generation time.
+
+    The request queues behind what is already there, so busy_until moves by its own
+    generation time only (its wait is the queue busy_until already describes). The row is
+    shared by every request to that model: outside a caller's transaction it is updated in
+    its own, in one round trip, without waiting for the disk (these are estimates), so no
+    lock on it is held across a durable COMMIT.
+    """
     if residency_id is None:
         return
-    # The request queues behind what is already there: busy_until moves by its own generation
-    # time only (its wait is the queue that busy_until already describes).
-    gen = dt.timedelta(seconds=_generation_s(decision))
-    with transaction.atomic(), connection.cursor() as cur:
-        # last_used_at and busy_until are estimates: no need to wait for the disk.
-        cur.execute("SET LOCAL synchronous_commit = off")
-        cur.execute(
-            "UPDATE models_registry_residency SET last_used_at = %s, "
-            "busy_until = GREATEST(COALESCE(busy_until, %s), %s) + %s WHERE id = %s",
-            [now, now, now, gen, residency_id],
-        )
+    params = [now, now, now, dt.timedelta(seconds=_generation_s(decision)), residency_id]
+    with connection.cursor() as cur:
+        if connection.in_atomic_block:
+            cur.execute(_MARK_USED_SQL, params)  # part of the caller's transaction
+        else:
+            try:
+                cur.execute(f"BEGIN; SET LOCAL synchronous_commit = off; {_MARK_USED_SQL}; COMMIT", params)
+            except Exception:
+                cur.execute("ROLLBACK")  # never leave the connection inside the failed BEGIN
+                raise
 
 
 def _vram_by_gpu(decision: Decision, world: World) -> tuple[tuple[str, int], ...]:

@@ -147,15 +147,26 @@ def _ts(value: dt.datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
 
-def read_world(now: dt.datetime, *, for_update: bool = False) -> tuple[World, Config, dict[tuple[str, str], int]]:
-    """The World as of `now`, the Config it came from, and {(model, endpoint): residency id}."""
+_ENDPOINTS_SQL = "SELECT name, is_up FROM models_registry_endpoint"
+
+
+def read_world(now: dt.datetime) -> tuple[World, Config, dict[tuple[str, str], int]]:
+    """The World as of `now`, the Config it came from, and {(model, endpoint): residency id}.
+
+    The three live queries go to the server as one string, in one round trip (Django's
+    psycopg cursor binds parameters client-side, so several statements are allowed).
+    """
     cfg = load_config()
     now_s = now.timestamp()
     slot = cfg.params.queue_slot_s or 1.0
-    up = dict(m.Endpoint.objects.values_list("name", "is_up"))
     residents, residency_ids = [], {}
     with connection.cursor() as cur:
-        cur.execute(_RESIDENTS_SQL)
+        cur.execute(
+            ";\n".join((_ENDPOINTS_SQL, _RESIDENTS_SQL, _SNAPSHOTS_SQL)),
+            [now - dt.timedelta(seconds=SNAPSHOT_FRESH_S)],
+        )
+        up = dict(cur.fetchall())
+        cur.nextset()
         for rid, tag, ep, state, ready_at, last_used_at, busy_until, pinned, gkeys, gmibs in cur.fetchall():
             busy_s = (busy_until.timestamp() - now_s) if busy_until else 0.0
             residents.append(
@@ -171,7 +182,7 @@ def read_world(now: dt.datetime, *, for_update: bool = False) -> tuple[World, Co
                 )
             )
             residency_ids[(tag, ep)] = rid
-        cur.execute(_SNAPSHOTS_SQL, [now - dt.timedelta(seconds=SNAPSHOT_FRESH_S)])
+        cur.nextset()
         measured = {gpu_id: free for gpu_id, _, free in cur.fetchall()}
     ids_to_key = {v: k for k, v in cfg.gpu_ids.items()}
     # A snapshot does not yet show reservations still on their way in (requested, loading):

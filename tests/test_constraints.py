@@ -95,3 +95,11 @@ def test_preload_window_activity_wraps_midnight(start, end, when, active):
     )
     at = dt.datetime.fromisoformat(when).replace(tzinfo=dt.timezone.utc)
     assert window.is_active(at) is active
+
+
+def test_the_hand_written_decision_insert_names_every_column_of_the_table():
+    """services._record writes SelectionDecision by hand for speed: it must keep up with the model."""
+    from models_registry import services
+
+    concrete = {f.column for f in m.SelectionDecision._meta.concrete_fields} - {"id"}
+    assert set(services._DECISION_COLUMNS) == concrete

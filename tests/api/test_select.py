@@ -436,3 +436,11 @@ def test_a_recorded_decision_replays_to_the_same_model(tower, api, captured_load
         out["model"], out["action"], out["endpoint"], out["gpus"])
     assert again.expected_wait_s == pytest.approx(out["expected_wait_s"])
     assert [c.model for c in again.candidates] == [c["model"] for c in row.candidates]
+
+
+def test_select_reply_matches_its_documented_schema(tower, api):
+    """The select view serialises its reply directly; it must still be exactly SelectOut."""
+    from models_registry.schemas import SelectOut
+
+    out = select(api, task_type="code_generation", urgency="interactive", dry_run=True)
+    assert SelectOut.model_validate(out).model_dump(mode="json") == out
