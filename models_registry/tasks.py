@@ -13,6 +13,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
+from django.db.models import DateTimeField, F, Value
 
 from models_registry import models as m
 from models_registry.services import utcnow
@@ -71,11 +72,15 @@ def execute_load(self, residency_id: int) -> str:
         r.state, r.loaded_at = "loading", utcnow()
         r.save(update_fields=["state", "loaded_at"])
     endpoint, model = r.endpoint, r.model
-    for victim in m.Residency.objects.filter(endpoint=endpoint, state="unloading").values_list("pk", flat=True):
-        execute_unload(victim, "selection" if r.trigger == "selection" else r.trigger, evict=True)
     started = utcnow()
+    client = _client(endpoint)
     try:
-        result = _client(endpoint).load(model.tag, keep_alive=endpoint.keep_alive, num_ctx=endpoint.num_ctx)
+        # Inside the try: an eviction that cannot reach the endpoint fails this load now
+        # instead of leaving it `loading` until resolve_stale_loads.
+        for victim in m.Residency.objects.filter(endpoint=endpoint, state="unloading").values_list("pk", flat=True):
+            execute_unload(victim, "selection" if r.trigger == "selection" else r.trigger, evict=True)
+        started = utcnow()
+        client.load(model.tag, keep_alive=endpoint.keep_alive, num_ctx=endpoint.num_ctx)
     except Exception as exc:  # OllamaError, OllamaUnavailable or anything else: the VRAM must be released
         finished = utcnow()
         with transaction.atomic():
@@ -93,9 +98,22 @@ def execute_load(self, residency_id: int) -> str:
         return f"failed: {exc}"
     finished = utcnow()
     duration = (finished - started).total_seconds()
+    # A load's answer carries no expiry: ask /api/ps, so that a model Ollama drops at its
+    # keep_alive before the next sync is recorded as `expiry`, not `external`.
+    from models_registry.ollama import OllamaClientError
+
+    try:
+        running = client.running(model.tag)
+    except OllamaClientError:  # the load succeeded; the expiry is only bookkeeping
+        running = None
     with transaction.atomic():
         updated = m.Residency.objects.filter(pk=r.pk, state="loading").update(
-            state="loaded", ready_at=finished, expires_at=getattr(result, "expires_at", None)
+            state="loaded",
+            ready_at=finished,
+            expires_at=running.expires_at if running else None,
+            # The queue behind the load was estimated from the predicted ready_at: move it by
+            # however much earlier or later the load really finished (SQL reads the old ready_at).
+            busy_until=F("busy_until") - (F("ready_at") - Value(finished, output_field=DateTimeField())),
         )
         if updated:
             m.LoadEvent.objects.create(
@@ -120,9 +138,13 @@ def execute_unload(self, residency_id: int, trigger: str = "admin", evict: bool 
     client = _client(r.endpoint)
     try:
         client.unload(r.model.tag)
-        client.wait_unloaded(r.model.tag, timeout=60)
+        gone = client.wait_unloaded(r.model.tag, timeout=60)
     except OllamaUnavailable as exc:
         raise self.retry(exc=exc, countdown=2 ** self.request.retries)
+    if not gone:
+        # Still listed by /api/ps (busy, or slow to free): ask again later rather than book
+        # VRAM as free that is not. If the retries run out, the state sync confirms it.
+        raise self.retry(countdown=2 ** self.request.retries)
     finished = utcnow()
     with transaction.atomic():
         if m.Residency.objects.filter(pk=r.pk, state="unloading").update(state="unloaded", ended_at=finished):
@@ -197,7 +219,7 @@ def sync_endpoint(endpoint_id: int) -> str:
             r.model.tag: r
             for r in m.Residency.objects.select_for_update()
             .select_related("model")
-            .filter(endpoint=endpoint, state__in=["loaded", "loading", "unloading"])
+            .filter(endpoint=endpoint, state__in=["requested", "loaded", "loading", "unloading"])
         }
         seen = set()
         for name, info in running.items():
@@ -211,8 +233,18 @@ def sync_endpoint(endpoint_id: int) -> str:
             elif r.state == "loaded" and info.expires_at:
                 m.Residency.objects.filter(pk=r.pk).update(expires_at=info.expires_at)
         for tag, r in active.items():
-            if tag in seen or r.state != "loaded":
-                continue  # loading: the load task owns it; unloading: the unload task does
+            if tag in seen or r.state in ("requested", "loading"):
+                continue  # the load task owns these
+            if r.state == "unloading":
+                # Gone from /api/ps while TowerOps was unloading it: confirmed here when the
+                # unload task died or gave up, so the VRAM never stays booked for ever.
+                if m.Residency.objects.filter(pk=r.pk, state="unloading").update(state="unloaded", ended_at=now):
+                    m.LoadEvent.objects.create(
+                        model=r.model, endpoint=endpoint, gpu_keys=_gpu_keys(r), kind="unload", trigger="external",
+                        requested_at=now, finished_at=now, vram_mib=r.vram_mib, residency=r,
+                        error="confirmed by the state sync, not by the unload task",
+                    )
+                continue
             expired = r.expires_at is not None and r.expires_at <= now
             m.Residency.objects.filter(pk=r.pk).update(state="unloaded", ended_at=now)
             m.LoadEvent.objects.create(
@@ -235,13 +267,14 @@ def _adopt_external(endpoint: m.Endpoint, tag: str, info, now: dt.datetime) -> N
         model=model, endpoint=endpoint, state="loaded", trigger="external", vram_mib=vram,
         requested_at=now, loaded_at=now, ready_at=now, expires_at=info.expires_at,
     )
+    target = None
     if gpus:
         # Ollama does not say which GPU; charge the one with the most room (what its scheduler picks).
         target = max(gpus, key=lambda g: g.usable_mib - sum(p.vram_mib for p in g.placements.filter(
             residency__state__in=m.Residency.ACTIVE_STATES)))
         m.ResidencyGpu.objects.create(residency=r, gpu=target, vram_mib=vram)
     m.LoadEvent.objects.create(
-        model=model, endpoint=endpoint, gpu_keys=[g.key for g in gpus[:1]], kind="load", trigger="external",
+        model=model, endpoint=endpoint, gpu_keys=[target.key] if target else [], kind="load", trigger="external",
         requested_at=now, finished_at=now, vram_mib=vram, residency=r,
     )
 
@@ -263,14 +296,26 @@ def record_gpu_snapshots(host_id: int) -> int:
     from models_registry import collectors
 
     readings = collectors.read_all()
-    gpus = {g.index: g for g in m.Gpu.objects.filter(host_id=host_id)}
-    by_uuid = {g.uuid: g for g in gpus.values() if g.uuid}
+    host_gpus = list(m.Gpu.objects.filter(host_id=host_id).order_by("index"))
+    by_uuid = {g.uuid: g for g in host_gpus if g.uuid}
+    # A reading's index counts that vendor's GPUs only (NVML's index, the AMD card ordinal),
+    # while a profile's index counts all of the host's GPUs: on the Tower (AMD 0, NVIDIA 1)
+    # NVML's GPU 0 is the profile's GPU 1. So, without a uuid, match the n-th GPU of the vendor.
+    by_vendor: dict[str, list[m.Gpu]] = {}
+    for g in host_gpus:
+        by_vendor.setdefault(g.vendor, []).append(g)
     now = utcnow()
-    rows = []
+    rows, taken = [], set()
     for reading in readings:
-        gpu = by_uuid.get(reading.uuid) or gpus.get(reading.index)
+        gpu = by_uuid.get(reading.uuid) if reading.uuid else None
         if gpu is None:
+            same = by_vendor.get(reading.vendor, [])
+            gpu = same[reading.index] if 0 <= reading.index < len(same) else None
+            if gpu is not None and gpu.uuid and reading.uuid and gpu.uuid != reading.uuid:
+                gpu = None  # the profile names another card by its uuid
+        if gpu is None or gpu.pk in taken:
             continue
+        taken.add(gpu.pk)
         rows.append(
             m.GpuSnapshot(
                 gpu=gpu, taken_at=now, total_mib=reading.total_mib, used_mib=reading.used_mib,
