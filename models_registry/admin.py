@@ -120,3 +120,16 @@ class LoadEventAdmin(ReadOnlyAdmin):
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ("name", "prefix", "scopes", "created_at", "revoked_at", "last_used_at")
     readonly_fields = ("prefix", "hashed_key", "created_at", "last_used_at")
+
+
+@admin.register(m.SloTarget)
+class SloTargetAdmin(SimpleHistoryAdmin):
+    list_display = ("name", "comparator", "target", "enabled", "description")
+    list_editable = ("comparator", "target", "enabled")
+
+
+@admin.register(m.SloHourlyRollup)
+class SloHourlyRollupAdmin(ReadOnlyAdmin):
+    list_display = ("hour", "decisions", "fallbacks", "met_floor", "loads", "computed_at", "dirty_at")
+    date_hierarchy = "hour"
+    show_full_result_count = False

@@ -7,7 +7,7 @@ from django.shortcuts import get_object_or_404
 from ninja import Router
 
 from models_registry import models as m
-from models_registry import services
+from models_registry import reports, services
 from models_registry.auth import ApiKeyAuth, require
 from models_registry.policy import SelectionRequest
 from models_registry.schemas import (
@@ -16,11 +16,16 @@ from models_registry.schemas import (
     ModelOut,
     OutcomeIn,
     OutcomeOut,
+    FallbacksOut,
     PreloadIn,
+    QualityOut,
     ResidencyOut,
     SelectIn,
     SelectOut,
+    SloOut,
     StateOut,
+    ThrashOut,
+    Window,
 )
 
 router = Router(auth=ApiKeyAuth(), tags=["selection"])
@@ -184,3 +189,36 @@ def unload_model(request, tag: str, payload: PreloadIn | None = None):
 def _check_path(tag: str) -> None:
     if "\x00" in tag or len(tag) > 200:
         raise services.BadInput("tag: must be at most 200 characters without NUL")
+
+
+# --------------------------------------------------------------------------- SLOs and reports
+# Windows are the last 1/24/168/720 complete hours plus the current partial hour; complete
+# hours come from the hourly rollups (models_registry/reports.py), definitions from metrics.py.
+
+
+@router.get("/metrics/slo", response={200: SloOut, **ERRORS}, tags=["reports"])
+def slo_metrics(request, window: Window = "24h"):
+    """The five SLO metrics over the window: value, target, met (null: no data), notes and per-hour series."""
+    require(request, "read")
+    return reports.slo_report(window)
+
+
+@router.get("/reports/fallbacks", response={200: FallbacksOut, **ERRORS}, tags=["reports"])
+def fallbacks_report(request, window: Window = "24h"):
+    """Fallbacks to a remote API by model, task type, urgency and hour."""
+    require(request, "read")
+    return reports.fallbacks_report(window)
+
+
+@router.get("/reports/thrash", response={200: ThrashOut, **ERRORS}, tags=["reports"])
+def thrash_report(request, window: Window = "24h"):
+    """Loads, evictions, unloads and failures by model, endpoint, task type and hour."""
+    require(request, "read")
+    return reports.thrash_report(window)
+
+
+@router.get("/reports/quality", response={200: QualityOut, **ERRORS}, tags=["reports"])
+def quality_report(request, window: Window = "30d"):
+    """Observed quality (mean caller rating) per model × task type next to the admin's score."""
+    require(request, "read")
+    return reports.quality_report(window)

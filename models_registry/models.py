@@ -474,3 +474,85 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+# --------------------------------------------------------------------------- SLOs
+
+
+class SloTarget(models.Model):
+    """A target for one of the five SLO metrics (defined in models_registry/metrics.py).
+
+    Seeded with the seed's values by a data migration; editable in the admin (with history).
+    Shares are fractions (0.80 = 80 %), the p95 is in seconds, loads per hour a rate.
+    """
+
+    class Name(models.TextChoices):
+        INTERACTIVE_P95_S = "interactive_p95_s", "interactive response p95 (s)"
+        LOADS_PER_HOUR = "loads_per_hour", "model loads per hour"
+        VRAM_EFFICIENCY = "vram_efficiency", "VRAM efficiency (fraction)"
+        QUALITY_MET = "quality_met", "quality threshold met (fraction)"
+        FALLBACK_RATE = "fallback_rate", "fallback rate (fraction)"
+
+    class Comparator(models.TextChoices):
+        LT = "lt", "<"
+        LE = "le", "≤"
+        GT = "gt", ">"
+        GE = "ge", "≥"
+
+    name = models.CharField(max_length=40, choices=Name.choices, unique=True)
+    comparator = models.CharField(max_length=2, choices=Comparator.choices)
+    target = models.FloatField()
+    enabled = models.BooleanField(default=True)
+    description = models.TextField(blank=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "SLO target"
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.get_comparator_display()} {self.target:g}"
+
+
+class SloHourlyRollup(models.Model):
+    """One clock hour (UTC) of the SLO metrics' additive statistics (metrics.Tally) plus the
+    labelled counts the reports and Prometheus need, so windows of weeks read these rows.
+
+    Computed by tasks.rollup_hour (recompute and upsert: idempotent). `dirty_at` is set by
+    reports.mark_hour_dirty when a late outcome changes the hour; `computed_at` is null for a
+    row that only carries that mark. Label keys use ids ("action|task_type_id|urgency|model_id").
+    """
+
+    hour = models.DateTimeField(unique=True)
+    seconds = models.FloatField(default=0.0)
+    observed_s = models.FloatField(default=0.0)
+    decisions = models.PositiveIntegerField(default=0)
+    fallbacks = models.PositiveIntegerField(default=0)
+    met_floor = models.PositiveIntegerField(default=0)
+    interactive_observed = models.PositiveIntegerField(default=0)
+    interactive_estimated = models.PositiveIntegerField(default=0)
+    interactive_unknown = models.PositiveIntegerField(default=0)
+    latency_hist = ArrayField(models.IntegerField(), default=list, help_text="metrics.LATENCY_EDGES_S buckets")
+    loads = models.PositiveIntegerField(default=0)
+    unloads = models.PositiveIntegerField(default=0)
+    evictions = models.PositiveIntegerField(default=0)
+    failures = models.PositiveIntegerField(default=0)
+    vram_used_mib_s = models.FloatField(default=0.0)
+    vram_usable_mib_s = models.FloatField(default=0.0)
+    decision_us_hist = ArrayField(models.IntegerField(), default=list, help_text="metrics.DECISION_US_EDGES")
+    decision_us_sum = models.BigIntegerField(default=0)
+    load_duration_hist = ArrayField(models.IntegerField(), default=list, help_text="metrics.LOAD_DURATION_EDGES_S")
+    load_duration_sum = models.FloatField(default=0.0)
+    decision_counts = models.JSONField(default=dict, help_text='{"action|task_type_id|urgency|model_id": n}')
+    load_counts = models.JSONField(default=dict, help_text='{"kind|model_id|endpoint_id|task_type_id": n}')
+    ratings = models.JSONField(default=dict, help_text='{"model_id|task_type_id": [n, sum]}')
+    computed_at = models.DateTimeField(null=True, blank=True)
+    dirty_at = models.DateTimeField(null=True, blank=True, help_text="a late outcome changed this hour")
+
+    class Meta:
+        ordering = ["hour"]
+        verbose_name = "SLO hourly rollup"
+        indexes = [models.Index(fields=["hour"], condition=Q(dirty_at__isnull=False), name="slorollup_dirty")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 ({self.decisions} decisions)"

@@ -172,3 +172,129 @@ class ResidencyOut(Schema):
 
 class ErrorOut(Schema):
     detail: str | list
+
+
+# --------------------------------------------------------------------------- SLOs and reports
+
+Window = Literal["1h", "24h", "7d", "30d"]
+
+
+class SloTargetOut(Schema):
+    comparator: Literal["lt", "le", "gt", "ge"]
+    value: float
+    enabled: bool
+
+
+class SloPointOut(Schema):
+    hour: dt.datetime
+    value: float | None
+    met: bool | None
+
+
+class SloMetricOut(Schema):
+    name: str
+    unit: str
+    value: float | None = Field(description="null: no data in the window")
+    target: SloTargetOut | None
+    met: bool | None = Field(description="null: no data, or no enabled target")
+    notes: str
+    detail: dict
+    series: list[SloPointOut]
+
+
+class SloOut(Schema):
+    window: Window
+    start: dt.datetime
+    end: dt.datetime
+    hours_from_rollups: int
+    hours_from_raw: int
+    metrics: list[SloMetricOut]
+
+
+class FallbackByModelOut(Schema):
+    model: str | None
+    fallbacks: int
+
+
+class FallbackByTaskOut(Schema):
+    task_type: str | None
+    decisions: int
+    fallbacks: int
+    rate: float | None
+
+
+class FallbackByUrgencyOut(Schema):
+    urgency: str
+    decisions: int
+    fallbacks: int
+    rate: float | None
+
+
+class FallbackByHourOut(Schema):
+    hour: dt.datetime
+    decisions: int
+    fallbacks: int
+    rate: float | None
+
+
+class FallbacksOut(Schema):
+    window: Window
+    start: dt.datetime
+    end: dt.datetime
+    decisions: int
+    fallbacks: int
+    rate: float | None
+    by_model: list[FallbackByModelOut]
+    by_task_type: list[FallbackByTaskOut]
+    by_urgency: list[FallbackByUrgencyOut]
+    by_hour: list[FallbackByHourOut]
+
+
+class _LoadCounts(Schema):
+    loads: int
+    evictions: int
+    unloads: int
+    failures: int
+
+
+class ThrashByModelOut(_LoadCounts):
+    model: str | None
+
+
+class ThrashByEndpointOut(_LoadCounts):
+    endpoint: str | None
+
+
+class ThrashByTaskOut(_LoadCounts):
+    task_type: str | None = Field(description="of the decision that asked for the load; null for preloads, admin")
+
+
+class ThrashByHourOut(_LoadCounts):
+    hour: dt.datetime
+
+
+class ThrashOut(_LoadCounts):
+    window: Window
+    start: dt.datetime
+    end: dt.datetime
+    loads_per_hour: float | None
+    observed_hours: float
+    by_model: list[ThrashByModelOut]
+    by_endpoint: list[ThrashByEndpointOut]
+    by_task_type: list[ThrashByTaskOut]
+    by_hour: list[ThrashByHourOut]
+
+
+class QualityRowOut(Schema):
+    model: str
+    task_type: str
+    admin_score: float | None
+    observed_mean: float | None = Field(description="mean of the callers' ratings (0..1)")
+    ratings: int
+
+
+class QualityOut(Schema):
+    window: Window
+    start: dt.datetime
+    end: dt.datetime
+    rows: list[QualityRowOut]

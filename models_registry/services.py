@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from django.db import connection, transaction
 
 from models_registry import models as m
-from models_registry import policy
+from models_registry import policy, reports
 from models_registry.policy import Decision, Eviction, SelectionRequest, World
 from models_registry.profile import Profile, gb_to_mib
 from models_registry.state import Config, read_world
@@ -514,12 +514,14 @@ class NoRoom(DomainError):
 
 
 def record_outcome(decision_id: int, response_ms: int, success: bool, rating: float | None):
-    if not m.SelectionDecision.objects.filter(pk=decision_id).exists():
+    created_at = m.SelectionDecision.objects.filter(pk=decision_id).values_list("created_at", flat=True).first()
+    if created_at is None:
         return None
     outcome, _ = m.DecisionOutcome.objects.update_or_create(
         decision_id=decision_id,
         defaults={"response_ms": response_ms, "success": success, "rating": rating, "reported_at": utcnow()},
     )
+    reports.mark_hour_dirty(created_at)  # a late outcome changes its hour's p95: recompute that rollup
     return outcome
 
 

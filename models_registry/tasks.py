@@ -389,3 +389,34 @@ def apply_preload_windows() -> dict:
             request_unload(r.model.tag, trigger="preload", endpoint=r.endpoint.name)
             cooled.append(r.model.tag)
     return {"wanted": wanted, "loading": loaded, "skipped": skipped, "cooling": cooled}
+
+
+# --------------------------------------------------------------------------- SLO rollups and retention
+
+
+@shared_task
+def rollup_hour(hour_iso: str) -> str:
+    """Recompute one complete clock hour's SLO rollup from raw rows and upsert it (idempotent)."""
+    from models_registry import reports
+
+    hour = dt.datetime.fromisoformat(hour_iso)
+    if hour.tzinfo is None:
+        hour = hour.replace(tzinfo=dt.timezone.utc)
+    row = reports.rollup_hour(hour)
+    return f"rolled up {row.hour.isoformat()}: {row.decisions} decisions" if row else "hour not over yet"
+
+
+@shared_task
+def rollup_due_hours() -> int:
+    """Beat, every few minutes: the previous hour until it settles, dirty hours (late outcomes), missing hours."""
+    from models_registry import reports
+
+    return len(reports.rollup_due())
+
+
+@shared_task
+def prune_decisions() -> int:
+    """Beat, hourly: delete raw decisions older than TOWEROPS_DECISION_RAW_DAYS whose hour is rolled up."""
+    from models_registry import reports
+
+    return reports.prune_raw_decisions()

@@ -167,3 +167,13 @@ CELERY_BEAT_SCHEDULE = {
     "stale-loads": {"task": "models_registry.tasks.resolve_stale_loads", "schedule": 30.0},
     "prune-snapshots": {"task": "models_registry.tasks.prune_snapshots", "schedule": 3600.0},
 }
+
+# SLO metrics and reports (models_registry/metrics.py, reports.py; README "SLOs and reports").
+# Raw decisions older than this are deleted once their hour is rolled up (0: keep for ever).
+TOWEROPS_DECISION_RAW_DAYS = envint("TOWEROPS_DECISION_RAW_DAYS", "30")
+# Who may scrape /metrics without an API key (addresses or networks; empty: keys only).
+TOWEROPS_METRICS_ALLOW_IPS = envlist("TOWEROPS_METRICS_ALLOW_IPS", "127.0.0.1,::1")
+# A local Prometheus scrapes plain http://127.0.0.1:8000/metrics: no redirect to HTTPS for it.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
+CELERY_BEAT_SCHEDULE["slo-rollups"] = {"task": "models_registry.tasks.rollup_due_hours", "schedule": 300.0}
+CELERY_BEAT_SCHEDULE["prune-decisions"] = {"task": "models_registry.tasks.prune_decisions", "schedule": 3600.0}

@@ -3,11 +3,13 @@ import os
 from django.contrib import admin
 from django.urls import path
 
+from models_registry.prometheus import metrics_view
 from towerops.api import api
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
+    path("metrics", metrics_view, name="metrics"),  # Prometheus; access rule in models_registry/prometheus.py
 ]
 
 if os.environ.get("TOWEROPS_BENCH_ENDPOINTS") == "1":  # bench/bench_api.py's baselines; never in production

@@ -1,0 +1,378 @@
+"""The five SLO metrics of the seed, defined once, over plain records.
+
+Pure Python (no Django, no I/O): the API, the Prometheus collector, the hourly rollups
+and the replay simulator all compute the metrics with this module, so a simulated run
+and the live tower report numbers that mean the same thing.
+
+Shape of the computation
+------------------------
+Records (`DecisionRec`, `LoadRec`, `Span`) are reduced per clock hour (UTC; for the
+simulator, multiples of 3600 s of its virtual clock) into a `Tally`: counts and sums that
+recombine *exactly* by addition (`Tally.merge`). A metric over any window is `evaluate()`
+of the merged tallies of its hours, so a 30-day figure read from hourly rollups equals
+the figure computed from the raw rows of the same hours.
+
+Time is float seconds (epoch seconds live, virtual seconds in the simulator).
+
+The five metrics (names are also `SloTarget.name`)
+--------------------------------------------------
+``interactive_p95_s``
+    95th percentile (nearest rank: the ceil(0.95·n)-th smallest) of the response time of
+    *interactive* decisions — urgency in `INTERACTIVE_URGENCIES` (critical and
+    interactive: a person is waiting). A decision's response time is the caller's
+    reported `response_ms` when an outcome was reported, else the decision's
+    `expected_response_s` (expected wait + estimated generation time); a decision with
+    neither (nothing could serve it) is counted as `unknown` and left out. The result
+    says how many values came from each source. Percentiles do not add up, so each hour
+    keeps a histogram with the fixed right-closed buckets `LATENCY_EDGES_S` (10 ms wide up
+    to 1 s, 50 ms up to 10 s, 1 s up to 60 s, 10 s up to 600 s, 60 s up to 3600 s); the
+    p95 is the upper edge of the bucket holding the nearest-rank value. It is therefore
+    never below the exact p95 and at most one bucket width (50 ms around the 5 s target)
+    above it; "p95 < 5 s met" implies the exact p95 is below 5 s. Values above 3600 s
+    land in an overflow bucket reported as 3600 s.
+``loads_per_hour``
+    LoadEvents of kind ``load`` (completed loads; failures and unloads are counted apart)
+    per *observed* hour of the window — thrash. An hour is observed when anything was
+    recorded in it (a decision, a load event, a GPU snapshot, a resident model); hours in
+    which TowerOps recorded nothing do not dilute the rate.
+``vram_efficiency``
+    Useful VRAM-seconds ÷ usable VRAM-seconds over the observed hours. Usable = Σ over
+    GPUs of (total − reserved) MiB × observed seconds. Useful = for every residency (a
+    model holding VRAM from its load request until it ended, or until now), its MiB ×
+    the seconds it held them inside a clock hour *in which it served at least one request*
+    (a decision of action use_loaded / wait_for_load / load pointing at that residency).
+    Why: VRAM earns its keep only while it holds a model people are asking for. Empty
+    VRAM and a model nobody asked for in a whole hour are both waste — capacity that could
+    have held the model the next request wanted; a tower that keeps its GPUs full of the
+    models in demand scores near 100 %. The hour is the granularity because it makes the
+    figure additive (an hour's useful seconds never change once the hour is over), and it
+    is longer than a keep_alive, so a model kept warm for a request every few minutes
+    counts in full.
+``quality_met``
+    Share of decisions whose chosen model met the task's quality floor (`met_floor`);
+    decisions that found no model count as not met.
+``fallback_rate``
+    Share of decisions whose action is ``fallback`` (sent to a remote API).
+
+A metric over a window with nothing to measure (no interactive decision with a response
+time; no decision; no observed hour) has value ``None`` — "no data" — and is neither met
+nor failed (`check` returns None), never 0 % and never a pass.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+
+HOUR_S = 3600.0
+
+P95 = "interactive_p95_s"
+LOADS_PER_HOUR = "loads_per_hour"
+VRAM_EFFICIENCY = "vram_efficiency"
+QUALITY_MET = "quality_met"
+FALLBACK_RATE = "fallback_rate"
+METRICS = (P95, LOADS_PER_HOUR, VRAM_EFFICIENCY, QUALITY_MET, FALLBACK_RATE)
+UNITS = {P95: "s", LOADS_PER_HOUR: "loads/h", VRAM_EFFICIENCY: "fraction", QUALITY_MET: "fraction",
+         FALLBACK_RATE: "fraction"}
+
+INTERACTIVE_URGENCIES = frozenset({"critical", "interactive"})
+SERVING_ACTIONS = frozenset({"use_loaded", "wait_for_load", "load"})
+COMPARATORS = {"lt": "<", "le": "≤", "gt": ">", "ge": "≥"}
+
+# The seed's targets: the defaults a data migration writes into SloTarget.
+DEFAULT_TARGETS = {
+    P95: ("lt", 5.0),
+    LOADS_PER_HOUR: ("lt", 10.0),
+    VRAM_EFFICIENCY: ("gt", 0.80),
+    QUALITY_MET: ("gt", 0.95),
+    FALLBACK_RATE: ("lt", 0.05),
+}
+
+
+def _edges(*segments: tuple[float, float]) -> tuple[float, ...]:
+    """Bucket edges from 0: each (step, up_to) segment adds edges every `step` up to `up_to`."""
+    out: list[float] = []
+    lo = 0.0
+    for step, hi in segments:
+        n = round((hi - lo) / step)
+        out.extend(round(lo + step * (i + 1), 6) for i in range(n))
+        lo = hi
+    return tuple(out)
+
+
+# Right-closed buckets: bucket i holds (edges[i-1], edges[i]]; bucket len(edges) is overflow.
+LATENCY_EDGES_S = _edges((0.01, 1.0), (0.05, 10.0), (1.0, 60.0), (10.0, 600.0), (60.0, 3600.0))
+LATENCY_BUCKETS = len(LATENCY_EDGES_S) + 1
+# Prometheus histograms (`le` buckets) of the decision's own cost and of load durations.
+DECISION_US_EDGES = (50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
+LOAD_DURATION_EDGES_S = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+def bucket_of(edges: tuple[float, ...], x: float) -> int:
+    """Index of the right-closed bucket holding x (len(edges) for overflow)."""
+    return bisect.bisect_left(edges, x)
+
+
+def histogram(edges: tuple[float, ...], values: Iterable[float]) -> list[int]:
+    h = [0] * (len(edges) + 1)
+    for v in values:
+        h[bisect.bisect_left(edges, v)] += 1
+    return h
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRec:
+    at: float
+    urgency: str
+    action: str | None
+    met_floor: bool
+    expected_response_s: float | None = None
+    response_s: float | None = None  # reported by the caller (outcome), when it was
+    residency: Hashable | None = None  # the residency that served it, for VRAM efficiency
+    task_type: Hashable | None = None
+    model: Hashable | None = None
+    decision_us: int = 0
+    rating: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRec:
+    at: float
+    kind: str  # load | unload | evict | fail
+    model: Hashable | None = None
+    endpoint: Hashable | None = None
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A residency: `vram_mib` held from `start` to `end` (None: still held)."""
+
+    key: Hashable
+    start: float
+    end: float | None
+    vram_mib: float
+
+
+# --------------------------------------------------------------------------- tally
+
+
+@dataclass(slots=True)
+class Tally:
+    """Additive sufficient statistics of the five metrics over some hours."""
+
+    seconds: float = 0.0  # wall time covered
+    observed_s: float = 0.0  # of which observed (see module docstring)
+    decisions: int = 0
+    fallbacks: int = 0
+    met_floor: int = 0
+    interactive_observed: int = 0  # response time from a reported outcome
+    interactive_estimated: int = 0  # from expected_response_s
+    interactive_unknown: int = 0  # neither
+    latency_hist: list[int] = field(default_factory=lambda: [0] * LATENCY_BUCKETS)
+    loads: int = 0
+    unloads: int = 0
+    evictions: int = 0
+    failures: int = 0
+    vram_used_mib_s: float = 0.0
+    vram_usable_mib_s: float = 0.0
+
+    def merge(self, other: Tally) -> Tally:
+        """Adds `other` into self (and returns self)."""
+        for name in _SCALARS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        h, o = self.latency_hist, other.latency_hist
+        for i, v in enumerate(o):
+            if v:
+                h[i] += v
+        return self
+
+    @classmethod
+    def total(cls, tallies: Iterable[Tally]) -> Tally:
+        t = cls()
+        for x in tallies:
+            t.merge(x)
+        return t
+
+
+_SCALARS = tuple(n for n in Tally.__slots__ if n != "latency_hist")
+
+
+def tally_hour(start: float, end: float, decisions: Iterable[DecisionRec], loads: Iterable[LoadRec],
+               spans: Iterable[Span], usable_mib: float, *, observed: bool = False) -> Tally:
+    """The tally of one clock hour [start, end) (end < start + 1 h for the current hour).
+
+    Records are taken as given (the caller selects those of the hour); spans are clipped
+    to [start, end). `observed` forces the hour to count as observed (e.g. GPU snapshots
+    were taken); otherwise it is observed when it has any record or resident model.
+    """
+    t = Tally(seconds=end - start)
+    served: set = set()
+    lat: list[float] = []
+    for d in decisions:
+        t.decisions += 1
+        if d.action == "fallback":
+            t.fallbacks += 1
+        if d.met_floor:
+            t.met_floor += 1
+        if d.action in SERVING_ACTIONS and d.residency is not None:
+            served.add(d.residency)
+        if d.urgency in INTERACTIVE_URGENCIES:
+            if d.response_s is not None:
+                t.interactive_observed += 1
+                lat.append(d.response_s)
+            elif d.expected_response_s is not None:
+                t.interactive_estimated += 1
+                lat.append(d.expected_response_s)
+            else:
+                t.interactive_unknown += 1
+    if lat:
+        t.latency_hist = histogram(LATENCY_EDGES_S, lat)
+    n_loads = 0
+    for e in loads:
+        n_loads += 1
+        if e.kind == "load":
+            t.loads += 1
+        elif e.kind == "unload":
+            t.unloads += 1
+        elif e.kind == "evict":
+            t.evictions += 1
+        elif e.kind == "fail":
+            t.failures += 1
+    used = 0.0
+    resident = False
+    for s in spans:
+        lo, hi = max(s.start, start), min(end if s.end is None else s.end, end)
+        if hi <= lo:
+            continue
+        resident = True
+        if s.key in served:
+            used += s.vram_mib * (hi - lo)
+    if observed or t.decisions or n_loads or resident:
+        t.observed_s = t.seconds
+        t.vram_used_mib_s = used
+        t.vram_usable_mib_s = usable_mib * t.seconds
+    return t
+
+
+def hour_floor(ts: float) -> float:
+    return math.floor(ts / HOUR_S) * HOUR_S
+
+
+def tally_window(start: float, end: float, decisions: Iterable[DecisionRec], loads: Iterable[LoadRec],
+                 spans: Iterable[Span], usable_mib: float) -> list[tuple[float, Tally]]:
+    """Per-hour tallies of [start, end) — the simulator's entry point (start on an hour boundary).
+
+    Records outside the window are ignored; the last hour may be partial.
+    """
+    hours: dict[float, tuple[list, list]] = {}
+    h = hour_floor(start)
+    while h < end:
+        hours[h] = ([], [])
+        h += HOUR_S
+    for d in decisions:
+        if start <= d.at < end:
+            hours[hour_floor(d.at)][0].append(d)
+    for e in loads:
+        if start <= e.at < end:
+            hours[hour_floor(e.at)][1].append(e)
+    spans = list(spans)
+    out = []
+    for h, (ds, ls) in hours.items():
+        lo, hi = max(h, start), min(h + HOUR_S, end)
+        out.append((h, tally_hour(lo, hi, ds, ls, spans, usable_mib)))
+    return out
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    name: str
+    value: float | None  # None: no data
+    unit: str
+    detail: dict
+
+
+def p95_from_histogram(hist: list[int]) -> float | None:
+    n = sum(hist)
+    if n == 0:
+        return None
+    rank = math.ceil(0.95 * n)
+    seen = 0
+    for i, c in enumerate(hist):
+        seen += c
+        if seen >= rank:
+            return LATENCY_EDGES_S[min(i, len(LATENCY_EDGES_S) - 1)]
+    raise AssertionError("unreachable")
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def evaluate(t: Tally) -> dict[str, MetricValue]:
+    """The five metrics of a (merged) tally."""
+    n_lat = t.interactive_observed + t.interactive_estimated
+    if t.interactive_observed and t.interactive_estimated:
+        source = "mixed"
+    elif t.interactive_observed:
+        source = "reported"
+    elif t.interactive_estimated:
+        source = "estimated"
+    else:
+        source = "none"
+    hours = t.observed_s / HOUR_S
+    return {
+        P95: MetricValue(P95, p95_from_histogram(t.latency_hist), UNITS[P95], {
+            "source": source, "reported": t.interactive_observed, "estimated": t.interactive_estimated,
+            "unknown": t.interactive_unknown, "samples": n_lat,
+        }),
+        LOADS_PER_HOUR: MetricValue(LOADS_PER_HOUR, t.loads / hours if hours else None, UNITS[LOADS_PER_HOUR], {
+            "loads": t.loads, "observed_hours": hours, "failures": t.failures, "evictions": t.evictions,
+            "unloads": t.unloads,
+        }),
+        VRAM_EFFICIENCY: MetricValue(VRAM_EFFICIENCY, _ratio(t.vram_used_mib_s, t.vram_usable_mib_s),
+                                     UNITS[VRAM_EFFICIENCY], {
+            "useful_mib_s": t.vram_used_mib_s, "usable_mib_s": t.vram_usable_mib_s, "observed_hours": hours,
+        }),
+        QUALITY_MET: MetricValue(QUALITY_MET, _ratio(t.met_floor, t.decisions), UNITS[QUALITY_MET], {
+            "met_floor": t.met_floor, "decisions": t.decisions,
+        }),
+        FALLBACK_RATE: MetricValue(FALLBACK_RATE, _ratio(t.fallbacks, t.decisions), UNITS[FALLBACK_RATE], {
+            "fallbacks": t.fallbacks, "decisions": t.decisions,
+        }),
+    }
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    comparator: str  # lt | le | gt | ge
+    value: float
+    enabled: bool = True
+
+
+def default_targets() -> dict[str, Target]:
+    return {n: Target(n, c, v) for n, (c, v) in DEFAULT_TARGETS.items()}
+
+
+def check(value: float | None, target: Target | None) -> bool | None:
+    """Met (True), missed (False), or None: no data, or no enabled target."""
+    if value is None or target is None or not target.enabled:
+        return None
+    c = target.comparator
+    if c == "lt":
+        return value < target.value
+    if c == "le":
+        return value <= target.value
+    if c == "gt":
+        return value > target.value
+    if c == "ge":
+        return value >= target.value
+    raise ValueError(f"unknown comparator {c!r}")

@@ -1,0 +1,217 @@
+"""Rollups and reports on real PostgreSQL, with a small history computed by hand.
+
+Hour H0 (5 hours ago) and H1 (4 hours ago), usable VRAM 24576 MiB:
+
+H0  interactive: outcomes 1.0 s, 2.0 s, 3.0 s (missed its floor); one without outcome, expected 6.0 s
+    critical:    expected 0.5 s
+    background:  5 decisions, one a fallback (missed its floor); batch: 1 load decision
+    -> 11 decisions, 9 met the floor
+    loads: 2 load (one asked by the batch decision), 1 evict, 1 fail
+    R1 (6144 MiB) resident all of H0 and serving; R2 (4096 MiB) from H0+30 min to H1, never serving
+H1  2 background decisions served by R1 (both met); R1 ends at H1+30 min; no interactive request
+
+R1 was requested 10 min before H0: the hour before H0 is observed too (R1 resident, serving nobody).
+
+24 h window: p95 of [0.5, 1, 2, 3, 6] = 6.0 (5th of 5); 13 decisions, 1 fallback, 11 met;
+2 loads over 3 observed hours = 0.667/h; VRAM (6144·3600 + 6144·1800) / (24576·3·3600) = 0.125.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from models_registry import metrics as M
+from models_registry import models as m
+from models_registry import reports, services
+
+from .conftest import base_hour
+
+pytestmark = pytest.mark.django_db
+MIN = dt.timedelta(minutes=1)
+HOUR = dt.timedelta(hours=1)
+
+
+@pytest.fixture
+def history(rig):
+    h0 = base_hour(5)
+    h1 = h0 + HOUR
+    r1 = rig.residency(h0 - 10 * MIN, h1 + 30 * MIN, 6144, model="qwen2.5-coder:7b")
+    rig.residency(h0 + 30 * MIN, h1, 4096, model="llama3.2:3b", endpoint="tower-amd")
+    d = rig.decision
+    d(h0 + 1 * MIN, response_ms=1000, expected=9.0, residency=r1, model="qwen2.5-coder:7b", rating=0.9)
+    d(h0 + 2 * MIN, response_ms=2000, expected=9.0, residency=r1, model="qwen2.5-coder:7b", rating=0.7)
+    d(h0 + 3 * MIN, response_ms=3000, expected=9.0, met=False)
+    late = d(h0 + 4 * MIN, expected=6.0)
+    d(h0 + 5 * MIN, urgency="critical", expected=0.5)
+    for i in range(5):
+        d(h0 + (10 + i) * MIN, urgency="background", expected=30.0,
+          action="fallback" if i == 0 else "use_loaded", met=i != 0,
+          model="remote:gpt-4o-mini" if i == 0 else "llama3.2:3b",
+          task="code_generation")
+    loader = d(h0 + 20 * MIN, urgency="batch", expected=40.0, action="load", task="analysis")
+    rig.load(h0 + 20 * MIN, "load", decision=loader, duration=12.0)
+    rig.load(h0 + 25 * MIN, "load", duration=4.0)
+    rig.load(h0 + 26 * MIN, "evict", duration=1.0)
+    rig.load(h0 + 27 * MIN, "fail", duration=None)
+    d(h1 + 5 * MIN, urgency="background", expected=30.0, residency=r1, model="qwen2.5-coder:7b")
+    d(h1 + 6 * MIN, urgency="background", expected=30.0, residency=r1, model="qwen2.5-coder:7b")
+    return {"h0": h0, "h1": h1, "late": late, "rig": rig}
+
+
+def values(report):
+    return {x["name"]: x for x in report["metrics"]}
+
+
+def test_24h_window_by_hand(history):
+    r = values(reports.slo_report("24h"))
+    assert r[M.P95]["value"] == 6.0
+    assert r[M.P95]["detail"] == {"source": "mixed", "reported": 3, "estimated": 2, "unknown": 0, "samples": 5}
+    assert r[M.P95]["met"] is False
+    assert r[M.QUALITY_MET]["value"] == pytest.approx(11 / 13)  # 13 decisions, 2 missed the floor
+    assert r[M.FALLBACK_RATE]["value"] == pytest.approx(1 / 13)
+    assert r[M.FALLBACK_RATE]["met"] is False
+    assert r[M.LOADS_PER_HOUR]["value"] == pytest.approx(2 / 3) and r[M.LOADS_PER_HOUR]["met"] is True
+    assert r[M.VRAM_EFFICIENCY]["value"] == pytest.approx((6144 * 3600 + 6144 * 1800) / (24576 * 3 * 3600))
+    assert r[M.VRAM_EFFICIENCY]["value"] == 0.125
+    assert r[M.VRAM_EFFICIENCY]["met"] is False
+    # the series: 24 complete hours + the current one; H1 had no interactive request
+    series = {p["hour"]: p for p in r[M.P95]["series"]}
+    assert len(series) == 25
+    assert series[history["h0"]]["value"] == 6.0
+    assert series[history["h1"]]["value"] is None and series[history["h1"]]["met"] is None
+    q = {p["hour"]: p["value"] for p in r[M.QUALITY_MET]["series"]}
+    assert q[history["h1"]] == 1.0
+    empty_hour = history["h1"] + HOUR
+    assert all(next(p for p in x["series"] if p["hour"] == empty_hour)["value"] is None for x in r.values())
+
+
+def test_rollups_give_the_same_figures_and_are_idempotent(history):
+    before = reports.slo_report("24h")
+    assert before["hours_from_rollups"] == 0
+    n = reports.rollup_range(history["h0"] - 2 * HOUR, history["h1"] + 3 * HOUR)
+    assert n == 6
+    rows1 = list(m.SloHourlyRollup.objects.order_by("hour").values())
+    reports.rollup_range(history["h0"] - 2 * HOUR, history["h1"] + 3 * HOUR)
+    rows2 = list(m.SloHourlyRollup.objects.order_by("hour").values())
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "computed_at"} for r in rows]  # noqa: E731
+    assert strip(rows1) == strip(rows2) and len(rows2) == 6
+    after = reports.slo_report("24h")
+    assert after["hours_from_rollups"] == 6
+    assert [(x["name"], x["value"]) for x in after["metrics"]] == [(x["name"], x["value"]) for x in before["metrics"]]
+    h0 = m.SloHourlyRollup.objects.get(hour=history["h0"])
+    assert (h0.decisions, h0.fallbacks, h0.loads, h0.evictions, h0.failures) == (11, 1, 2, 1, 1)
+    assert h0.vram_used_mib_s == 6144 * 3600 and h0.vram_usable_mib_s == 24576 * 3600
+
+
+def test_late_outcome_recomputes_its_hour(history):
+    reports.rollup_range(history["h0"], history["h1"] + HOUR)
+    assert values(reports.slo_report("24h"))[M.P95]["value"] == 6.0
+    late = history["late"]
+    services.record_outcome(late.pk, 1500, True, None)
+    reports.mark_hour_dirty(late.created_at)  # what record_outcome will call
+    row = m.SloHourlyRollup.objects.get(hour=history["h0"])
+    assert row.dirty_at is not None
+    # read from raw rows at once: [0.5, 1, 1.5, 2, 3] -> 3.0
+    report = reports.slo_report("24h")
+    assert values(report)[M.P95]["value"] == 3.0
+    assert values(report)[M.P95]["detail"]["reported"] == 4
+    assert history["h0"] in reports.hours_to_roll()
+    reports.rollup_due()
+    row.refresh_from_db()
+    assert row.dirty_at is None
+    report = reports.slo_report("24h")
+    assert values(report)[M.P95]["value"] == 3.0
+    assert values(report)[M.P95]["met"] is True
+    assert history["h0"] not in reports.hours_to_roll()
+
+
+def test_mark_hour_dirty_without_rollup_and_for_the_current_hour(history):
+    reports.mark_hour_dirty(history["h0"] + 5 * MIN)
+    row = m.SloHourlyRollup.objects.get(hour=history["h0"])
+    assert row.computed_at is None and row.dirty_at is not None
+    assert values(reports.slo_report("24h"))[M.P95]["value"] == 6.0  # placeholder ignored: raw rows
+    reports.mark_hour_dirty(dt.datetime.now(dt.timezone.utc))
+    assert m.SloHourlyRollup.objects.count() == 1
+
+
+def test_empty_database_is_no_data(rig):
+    r = reports.slo_report("30d")
+    assert len(r["metrics"][0]["series"]) == 721
+    for x in r["metrics"]:
+        assert x["value"] is None and x["met"] is None, x
+        assert x["target"] is not None  # seeded by the migration
+    assert reports.hours_to_roll() == []
+
+
+def test_targets_are_data(history):
+    t = m.SloTarget.objects.get(name=M.P95)
+    t.target = 7.0
+    t.save()
+    assert values(reports.slo_report("24h"))[M.P95]["met"] is True
+    m.SloTarget.objects.filter(name=M.P95).update(enabled=False)
+    assert values(reports.slo_report("24h"))[M.P95]["met"] is None
+    assert t.history.count() == 1  # simple-history records edits
+
+
+def test_fallback_and_thrash_reports(history):
+    f = reports.fallbacks_report("24h")
+    assert (f["decisions"], f["fallbacks"]) == (13, 1)
+    tasks = {x["task_type"]: x for x in f["by_task_type"]}
+    assert (tasks["code_generation"]["decisions"], tasks["code_generation"]["fallbacks"]) == (5, 1)
+    assert tasks["code_generation"]["rate"] == 0.2
+    assert sum(x["fallbacks"] for x in f["by_model"]) == 1
+    hours = {x["hour"]: x for x in f["by_hour"]}
+    assert hours[history["h0"]]["fallbacks"] == 1 and hours[history["h1"]]["fallbacks"] == 0
+    t = reports.thrash_report("24h")
+    assert (t["loads"], t["evictions"], t["failures"]) == (2, 1, 1)
+    assert (t["loads_per_hour"], t["observed_hours"]) == (pytest.approx(2 / 3), 3.0)
+    by_task = {x["task_type"]: x for x in t["by_task_type"]}
+    assert by_task["analysis"]["loads"] == 1 and by_task[None]["loads"] == 1
+    by_model = {x["model"]: x for x in t["by_model"]}
+    assert by_model["llama3.2:3b"]["loads"] == 2
+
+
+def test_quality_report_observed_vs_admin(history):
+    q = reports.quality_report("30d")
+    (row,) = q["rows"]
+    assert (row["model"], row["task_type"], row["ratings"]) == ("qwen2.5-coder:7b", "general", 2)
+    assert row["observed_mean"] == pytest.approx(0.8)
+    admin = m.QualityScore.objects.filter(model__tag="qwen2.5-coder:7b", task_type__name="general").first()
+    assert row["admin_score"] == (admin.score if admin else None)
+
+
+def test_retention_deletes_only_rolled_up_old_decisions(history, settings):
+    old = base_hour(72)
+    rig = history["rig"]
+    d_old = rig.decision(old + 5 * MIN, urgency="background", action="fallback", met=False, rating=None)
+    ev = rig.load(old + 6 * MIN, decision=d_old)
+    m.DecisionOutcome.objects.create(decision=d_old, reported_at=old, response_ms=100, success=True)
+    unrolled = rig.decision(old + HOUR + 5 * MIN, urgency="background")
+    settings.TOWEROPS_DECISION_RAW_DAYS = 2
+    reports.rollup_hour(old)
+    before = reports.slo_report("7d")
+    assert reports.prune_raw_decisions() == 1
+    assert not m.SelectionDecision.objects.filter(pk=d_old.pk).exists()
+    assert m.SelectionDecision.objects.filter(pk=unrolled.pk).exists()
+    ev.refresh_from_db()
+    assert ev.decision_id is None
+    after = reports.slo_report("7d")
+    assert [x["value"] for x in after["metrics"]] == [x["value"] for x in before["metrics"]]
+    settings.TOWEROPS_DECISION_RAW_DAYS = 0
+    reports.rollup_hour(old + HOUR)
+    assert reports.prune_raw_decisions() == 0
+
+
+def test_celery_tasks_are_thin_wrappers(history, settings):
+    from models_registry import tasks
+
+    assert tasks.rollup_hour.apply(args=[history["h0"].isoformat()]).get().startswith("rolled up")
+    assert tasks.rollup_hour(history["h0"].replace(tzinfo=None).isoformat()).endswith("11 decisions")
+    assert m.SloHourlyRollup.objects.get(hour=history["h0"]).decisions == 11
+    assert tasks.rollup_hour(reports.floor_hour(dt.datetime.now(dt.timezone.utc)).isoformat()) == "hour not over yet"
+    assert tasks.rollup_due_hours() >= 2  # H1 and the hours around it
+    assert reports.hours_to_roll() == []
+    settings.TOWEROPS_DECISION_RAW_DAYS = 30
+    assert tasks.prune_decisions() == 0
+    assert "slo-rollups" in settings.CELERY_BEAT_SCHEDULE and "prune-decisions" in settings.CELERY_BEAT_SCHEDULE
