@@ -13,6 +13,7 @@ from django.db import connection, transaction
 from models_registry import models as m
 from models_registry import policy, reports
 from models_registry.policy import Decision, Eviction, SelectionRequest, World
+from models_registry.policy.codec import world_from_dict, world_to_dict
 from models_registry.profile import Profile, gb_to_mib
 from models_registry.state import Config, read_world
 
@@ -222,14 +223,10 @@ _current_config: dict = {"cfg": None, "id": None}
 def config_snapshot_id(world: World, cfg: Config) -> int:
     """The ConfigSnapshot row for this Config, created once per distinct content."""
     if _current_config["cfg"] is not cfg:
-        body = {
-            "models": [{**asdict(x), "quality": dict(x.quality)} for x in world.models],
-            "task_types": [asdict(x) for x in world.task_types],
-            "urgencies": [asdict(x) for x in world.urgencies],
-            "gpus": [{**asdict(x), "measured_free_mib": None} for x in world.gpus],
-            "endpoints": [{**asdict(x), "up": None} for x in world.endpoints],
-            "params": asdict(world.params),
-        }
+        full = world_to_dict(world)
+        body = {key: full[key] for key in ("models", "task_types", "urgencies", "params")}
+        body["gpus"] = [{**g, "measured_free_mib": None} for g in full["gpus"]]  # live: in input_state
+        body["endpoints"] = [{**e, "up": None} for e in full["endpoints"]]
         text = json.dumps(body, sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()
         row, _ = m.ConfigSnapshot.objects.get_or_create(sha256=digest, defaults={"body": body})
@@ -253,8 +250,6 @@ def live_state(world: World) -> dict:
 
 def world_from_record(config_body: dict, live: dict) -> World:
     """Rebuild the World a past decision saw, to replay it against another policy."""
-    from models_registry.policy.codec import world_from_dict
-
     down = set(live["endpoints_down"])
     measured = live["gpus_measured_free_mib"]
     return world_from_dict(

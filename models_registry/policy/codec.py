@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from models_registry.policy.types import (
-    Decision,
     EndpointView,
     GpuView,
     ModelView,
@@ -47,12 +46,3 @@ def world_from_dict(d: dict) -> World:
         urgencies=tuple(UrgencyView(**u) for u in d["urgencies"]),
         params=PolicyParams(**d["params"]),
     )
-
-
-def candidates_to_list(decision: Decision) -> list[dict]:
-    out = []
-    for c in decision.candidates:
-        item = asdict(c)
-        item["gpus"] = list(c.gpus)
-        out.append(item)
-    return out
