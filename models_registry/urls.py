@@ -1,0 +1,19 @@
+"""The console's URLs (views in models_registry/views.py), mounted at / by towerops/urls.py."""
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from models_registry import views
+
+app_name = "console"
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("decisions/", views.decisions, name="decisions"),
+    path("decisions/<int:pk>/", views.decision_detail, name="decision_detail"),
+    path("load-events/", views.load_events, name="load_events"),
+    path("catalog/", views.catalog, name="catalog"),
+    path("catalog/<int:model_id>/<int:task_id>/", views.update_score, name="update_score"),
+    path("slo/", views.slo, name="slo"),
+]

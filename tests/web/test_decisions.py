@@ -1,0 +1,73 @@
+"""The decisions log (filters, keyset pages) and a decision's detail page."""
+import datetime as dt
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from models_registry import models as m
+from models_registry import views
+from tests.web.conftest import HX, make_decision
+
+
+@pytest.mark.django_db
+def test_the_log_lists_decisions_newest_first(viewer_client, decisions):
+    response = viewer_client.get(reverse("console:decisions"))
+    html = response.content.decode()
+    assert response.status_code == 200 and "<html" in html
+    assert html.index(f">{decisions[1].pk}</a>") < html.index(f">{decisions[0].pk}</a>")
+
+
+@pytest.mark.django_db
+def test_filters_narrow_the_table_and_htmx_gets_only_the_table(viewer_client, decisions):
+    response = viewer_client.get(reverse("console:decisions"), {"task_type": "general", "urgency": "batch"}, **HX)
+    html = response.content.decode()
+    assert "<html" not in html and html.lstrip().startswith('<div id="table"')
+    assert f">{decisions[1].pk}</a>" in html
+    assert f">{decisions[0].pk}</a>" not in html
+
+
+@pytest.mark.django_db
+def test_a_bad_time_filter_is_shown_in_place(viewer_client, decisions):
+    response = viewer_client.get(reverse("console:decisions"), {"since": "yesterday"}, **HX)
+    assert response.status_code == 200
+    assert b"since: not a date and time" in response.content
+
+
+@pytest.mark.django_db
+def test_pages_continue_after_the_last_row(viewer_client, tower, monkeypatch):
+    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+    now = timezone.now()
+    rows = [make_decision(at=now - dt.timedelta(seconds=i)) for i in range(5)]
+    first = viewer_client.get(reverse("console:decisions"))
+    assert first.context["next_query"]
+    second = viewer_client.get(reverse("console:decisions") + "?" + first.context["next_query"])
+    assert [d.pk for d in first.context["rows"]] == [rows[0].pk, rows[1].pk]
+    assert [d.pk for d in second.context["rows"]] == [rows[2].pk, rows[3].pk]
+
+
+@pytest.mark.django_db
+def test_the_detail_shows_every_candidate_and_why_it_lost(viewer_client, decisions):
+    d = decisions[0]
+    response = viewer_client.get(reverse("console:decision_detail", args=[d.pk]))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert len(d.candidates) > 1
+    for c in d.candidates:
+        assert c["model"] in html
+        if c["rejected_because"]:
+            assert c["rejected_because"].replace("'", "&#x27;").replace(">", "&gt;").replace("<", "&lt;") in html
+    assert "not reported" in html
+
+
+@pytest.mark.django_db
+def test_the_detail_shows_a_reported_outcome(viewer_client, decisions):
+    m.DecisionOutcome.objects.create(decision=decisions[0], reported_at=timezone.now(), response_ms=812,
+                                     success=True, rating=0.9)
+    html = viewer_client.get(reverse("console:decision_detail", args=[decisions[0].pk])).content.decode()
+    assert "812 ms" in html and "rating 0.9" in html
+
+
+@pytest.mark.django_db
+def test_an_unknown_decision_is_404(viewer_client):
+    assert viewer_client.get(reverse("console:decision_detail", args=[999999])).status_code == 404
