@@ -134,22 +134,22 @@ def _time_filters(qs, request, field: str, errors: list):
     return qs
 
 
+def _exact_filters(qs, request, lookups: dict[str, str]):
+    """Apply ?param=value filters ({param: ORM lookup}); returns the queryset and the form values."""
+    f = {k: request.GET.get(k, "") for k in (*lookups, "since", "until")}
+    return qs.filter(**{lookup: f[param] for param, lookup in lookups.items() if f[param]}), f
+
+
 @require_GET
 @login_required
 def decisions(request):
     qs = m.SelectionDecision.objects.select_related("task_type", "model", "endpoint").defer(
         "candidates", "input_state", "evictions", "reason"
     )
-    f = {k: request.GET.get(k, "") for k in ("task_type", "urgency", "action", "model", "since", "until")}
+    qs, f = _exact_filters(
+        qs, request, {"task_type": "task_type__name", "urgency": "urgency", "action": "action", "model": "model__tag"}
+    )
     errors: list[str] = []
-    if f["task_type"]:
-        qs = qs.filter(task_type__name=f["task_type"])
-    if f["urgency"]:
-        qs = qs.filter(urgency=f["urgency"])
-    if f["action"]:
-        qs = qs.filter(action=f["action"])
-    if f["model"]:
-        qs = qs.filter(model__tag=f["model"])
     qs = _time_filters(qs, request, "created_at", errors)
     rows, next_query = _keyset(qs, request, "created_at")
     ctx = {
@@ -182,16 +182,10 @@ def decision_detail(request, pk: int):
 @login_required
 def load_events(request):
     qs = m.LoadEvent.objects.select_related("model", "endpoint")
-    f = {k: request.GET.get(k, "") for k in ("model", "kind", "trigger", "endpoint", "since", "until")}
+    qs, f = _exact_filters(
+        qs, request, {"model": "model__tag", "kind": "kind", "trigger": "trigger", "endpoint": "endpoint__name"}
+    )
     errors: list[str] = []
-    if f["model"]:
-        qs = qs.filter(model__tag=f["model"])
-    if f["kind"]:
-        qs = qs.filter(kind=f["kind"])
-    if f["trigger"]:
-        qs = qs.filter(trigger=f["trigger"])
-    if f["endpoint"]:
-        qs = qs.filter(endpoint__name=f["endpoint"])
     qs = _time_filters(qs, request, "requested_at", errors)
     rows, next_query = _keyset(qs, request, "requested_at")
     ctx = {

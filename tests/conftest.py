@@ -31,3 +31,19 @@ def bob(db, django_user_model):
 def _plain_http(settings):
     # The test client speaks plain HTTP; production settings would redirect it to HTTPS.
     settings.SECURE_SSL_REDIRECT = False
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_caches():
+    """Each test starts without the per-process caches a server keeps between requests:
+    API key lookups (5 s), the catalog (2 s) and the current ConfigSnapshot id."""
+    from models_registry import auth, services, state
+
+    def clear():
+        auth._cache.clear()
+        state.invalidate_config()
+        services._current_config.update(cfg=None, id=None)
+
+    clear()
+    yield
+    clear()

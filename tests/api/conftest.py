@@ -13,20 +13,6 @@ import pytest
 SELECT = "/api/v1/select"
 
 
-@pytest.fixture(autouse=True)
-def _clean_caches():
-    from models_registry import auth, services, state
-
-    def clear():
-        auth._cache.clear()
-        state.invalidate_config()
-        services._current_config.update(cfg=None, id=None)
-
-    clear()
-    yield
-    clear()
-
-
 class Api:
     """The Django test client speaking JSON with one API key."""
 

@@ -169,7 +169,7 @@ def test_second_identical_selection_waits_for_the_same_load(tower, api, captured
                                                             django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         first = select(api, task_type="code_generation", urgency="background")
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+    with django_capture_on_commit_callbacks(execute=True):
         second = select(api, task_type="code_generation", urgency="background")
     assert first["action"] == "load"
     assert (second["model"], second["action"], second["endpoint"]) == (

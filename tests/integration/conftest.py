@@ -77,20 +77,6 @@ def _test_database_url() -> str:
     return f"postgres://{auth}@{host}{port}/{quote(s['NAME'], safe='')}"
 
 
-@pytest.fixture(autouse=True)
-def _clean_caches():
-    from models_registry import auth, services, state
-
-    def clear():
-        auth._cache.clear()
-        state.invalidate_config()
-        services._current_config.update(cfg=None, id=None)
-
-    clear()
-    yield
-    clear()
-
-
 @pytest.fixture
 def broker_url(monkeypatch):
     url = _broker_url_for_tests()

@@ -17,20 +17,6 @@ USABLE_MIB = 24576
 _seq = itertools.count()
 
 
-@pytest.fixture(autouse=True)
-def _clean_caches():
-    from models_registry import auth, services, state
-
-    def clear():
-        auth._cache.clear()
-        state.invalidate_config()
-        services._current_config.update(cfg=None, id=None)
-
-    clear()
-    yield
-    clear()
-
-
 @pytest.fixture
 def rig(tower):
     m.Gpu.objects.filter(index=0).update(total_mib=16384, reserved_mib=0)

@@ -12,7 +12,7 @@ from models_registry import metrics
 from models_registry.profile import load_profile_file, parse_profile
 from models_registry.replay import load_mapping, map_rows, read_trace, scale_and_sample, simulate
 from models_registry.replay.report import summarize, table
-from models_registry.replay.traces import Mapping, TraceRow
+from models_registry.replay.traces import Mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 MERGED = ROOT / "data/traces/azure2023_merged_by_service.csv"

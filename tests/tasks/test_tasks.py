@@ -52,20 +52,6 @@ def wait_for(predicate, timeout: float = 5.0, what: str = "the condition"):
         time.sleep(0.01)
 
 
-@pytest.fixture(autouse=True)
-def _clean_caches():
-    from models_registry import auth
-
-    def clear():
-        auth._cache.clear()
-        state.invalidate_config()
-        services._current_config.update(cfg=None, id=None)
-
-    clear()
-    yield
-    clear()
-
-
 @pytest.fixture
 def sim():
     tower = SimulatedTower(tower_profile_on_free_ports(), time_scale=SCALE).start()

@@ -13,7 +13,6 @@ from models_registry.policy import (
     ModelView,
     PolicyInputError,
     PolicyParams,
-    ResidentView,
     SelectionRequest,
     TaskTypeView,
     UrgencyView,

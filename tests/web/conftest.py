@@ -54,11 +54,3 @@ def staff_client(client, alice):
     return client
 
 
-@pytest.fixture(autouse=True)
-def _fresh_config():
-    # state.load_config caches the catalog for 2 s across requests: each test starts without it.
-    from models_registry import state
-
-    state.invalidate_config()
-    yield
-    state.invalidate_config()
