@@ -242,10 +242,15 @@ def live_state(world: World) -> dict:
         "gpus_measured_free_mib": {g.key: g.measured_free_mib for g in world.gpus if g.measured_free_mib is not None},
         "endpoints_down": [e.key for e in world.endpoints if not e.up],
         "residents": [
-            [r.model, r.endpoint, r.state, [list(x) for x in r.vram_by_gpu], r.ready_at, r.last_used_at, r.in_flight, r.pinned]
+            [r.model, r.endpoint, r.state, [list(x) for x in r.vram_by_gpu], r.ready_at, r.last_used_at, r.in_flight,
+             r.pinned, r.busy_s]
             for r in world.residents
         ],
     }
+
+
+# The order of a resident in input_state (older rows lack the later fields: defaults apply).
+_RESIDENT_FIELDS = ("model", "endpoint", "state", "vram_by_gpu", "ready_at", "last_used_at", "in_flight", "pinned", "busy_s")
 
 
 def world_from_record(config_body: dict, live: dict) -> World:
@@ -258,7 +263,7 @@ def world_from_record(config_body: dict, live: dict) -> World:
             "gpus": [{**g, "measured_free_mib": measured.get(g["key"])} for g in config_body["gpus"]],
             "endpoints": [{**e, "up": e["key"] not in down} for e in config_body["endpoints"]],
             "residents": [
-                dict(zip(("model", "endpoint", "state", "vram_by_gpu", "ready_at", "last_used_at", "in_flight", "pinned"), r))
+                dict(zip(_RESIDENT_FIELDS, r))
                 for r in live["residents"]
             ],
             "models": config_body["models"],

@@ -195,6 +195,7 @@ def read_world(now: dt.datetime) -> tuple[World, Config, dict[tuple[str, str], i
                     last_used_at=_ts(last_used_at),
                     in_flight=max(0, math.ceil(busy_s / slot)) if busy_s > 0 else 0,
                     pinned=pinned,
+                    busy_s=max(0.0, busy_s),
                 )
             )
             residency_ids[(tag, ep)] = rid

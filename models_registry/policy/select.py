@@ -12,7 +12,8 @@ For the request's task type T and urgency class U:
 * tokens   = request.expected_output_tokens if given, else T.default_output_tokens
 
 Every enabled local model gets one candidate, at its best placement on an up endpoint:
-  - already ``loaded`` there   -> action use_loaded,    wait = in_flight * params.queue_slot_s
+  - already ``loaded`` there   -> action use_loaded,    wait = busy_s when known (the time
+    the requests already routed there need), else in_flight * params.queue_slot_s
   - ``requested``/``loading``  -> action wait_for_load, wait = max(0, ready_at - now)
     (concurrent requests share that one load instead of starting a second)
   - otherwise, where it fits   -> action load,          wait = model.load_s_on(endpoint)
@@ -210,7 +211,7 @@ def select(world: World, request: SelectionRequest) -> Decision:
             for r in rs:
                 if r.state == "loaded":
                     action = "use_loaded"
-                    wait = r.in_flight * qslot
+                    wait = r.busy_s if r.busy_s is not None else r.in_flight * qslot
                 else:
                     action = "wait_for_load"
                     ready = r.ready_at

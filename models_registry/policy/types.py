@@ -46,6 +46,9 @@ class ResidentView:
     last_used_at: float | None = None  # idle since; None = never used
     in_flight: int = 0  # requests being served now: such a model is never evicted
     pinned: bool = False
+    # Seconds until the requests already routed here are done, when the caller knows (the
+    # live path estimates it from busy_until, the replay knows it); else in_flight × queue_slot_s.
+    busy_s: float | None = None
 
     @property
     def vram_mib(self) -> int:

@@ -268,7 +268,7 @@ class TowerOpsPolicy(Policy):
         residents = tuple(
             ResidentView(r.model.tag, r.endpoint, r.vram_by_gpu,
                          "loaded" if r.ready_at <= now else "loading", r.ready_at, r.last_used_at,
-                         r.in_flight(now))
+                         r.in_flight(now), busy_s=max(0.0, r.free_at - max(now, r.ready_at)))
             for r in tower.residents.values())
         world = World(now, w.gpus, w.endpoints, residents, w.models, w.task_types, w.urgencies, w.params)
         d = select(world, SelectionRequest(req.task_type, req.urgency, expected_output_tokens=req.output_tokens))

@@ -263,6 +263,17 @@ def test_critical_never_waits_for_a_load_when_an_acceptable_model_is_loaded(towe
     assert all(c.action != "load" for c in d.candidates[:1])
 
 
+def test_a_known_queue_time_is_the_wait_instead_of_the_in_flight_estimate(tower):
+    # One request in flight, but it is a long one: 12 s of generation still queued there.
+    long_queue = tower.res("llama3.2:3b", tower.nvidia, in_flight=1, busy_s=12.0)
+    d = select(tower.world(long_queue), req("general", "interactive"))
+    assert cand(d, "llama3.2:3b").expected_wait_s == pytest.approx(12.0)
+    assert "exceeds interactive patience 5 s" in cand(d, "llama3.2:3b").rejected_because
+    short_queue = tower.res("llama3.2:3b", tower.nvidia, in_flight=1, busy_s=0.5)
+    d = select(tower.world(short_queue), req("general", "interactive"))
+    assert (d.model, d.action, d.expected_wait_s) == ("llama3.2:3b", "use_loaded", pytest.approx(0.5))
+
+
 def test_critical_with_nothing_acceptable_loaded_takes_the_fastest_load(tower):
     d = select(tower.world(), req("general", "critical"))
     assert (d.model, d.action, d.warned) == ("tinyllama", "load", True)
