@@ -238,6 +238,17 @@ class PreloadWindow(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def days_label(self) -> str:
+        """"Mon–Fri", "every day", "Sat, Sun"."""
+        names = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+        days = sorted(set(self.days_of_week or ()))
+        if len(days) == 7:
+            return "every day"
+        if len(days) >= 3 and days == list(range(days[0], days[-1] + 1)):
+            return f"{names[days[0]]}–{names[days[-1]]}"
+        return ", ".join(names[d] for d in days)
+
     def is_active(self, at: dt.datetime) -> bool:
         """Whether the window is open at the aware datetime `at` (wrapping past midnight)."""
         if not self.enabled:

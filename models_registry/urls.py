@@ -17,3 +17,10 @@ urlpatterns = [
     path("catalog/<int:model_id>/<int:task_id>/", views.update_score, name="update_score"),
     path("slo/", views.slo, name="slo"),
 ]
+
+urlpatterns += [
+    path("preload/", views.preload_windows, name="preload"),
+    path("preload/new/", views.preload_edit, name="preload_new"),
+    path("preload/<int:pk>/", views.preload_edit, name="preload_edit"),
+    path("preload/<int:pk>/toggle/", views.preload_toggle, name="preload_toggle"),
+]

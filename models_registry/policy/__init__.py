@@ -4,11 +4,13 @@
     place(world, tag) -> Placement | None      where a fresh load of a model would go
     place_many(world, tags) -> {tag: Placement | None}   a warm set, never over-committing
     free_mib_by_gpu(world) -> {gpu key: MiB}   the VRAM bookkeeping both use
+    fit_warm_set(world, tags), never_fits(world, tags)   preload windows' fit checks
 
 The scoring rule is documented once, in models_registry/policy/select.py.
 """
 from .placement import free_mib_by_gpu, place, place_many, recency
 from .select import POLICY_VERSION, PolicyInputError, select
+from .warmset import WarmSetFit, empty_tower, fit_warm_set, never_fits
 from .types import (
     Candidate,
     Decision,
@@ -26,6 +28,10 @@ from .types import (
 )
 
 __all__ = [
+    "WarmSetFit",
+    "empty_tower",
+    "fit_warm_set",
+    "never_fits",
     "POLICY_VERSION",
     "Candidate",
     "Decision",

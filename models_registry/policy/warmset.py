@@ -1,0 +1,59 @@
+"""Will a preload window's warm set fit the tower? Pure: the placement code decides.
+
+Two questions, both answered by `place_many` (the code that places a real preload):
+
+* *never fits* — on an empty tower (every endpoint up, no model loaded, only each GPU's
+  reserved VRAM held back) some model of the set has no place: no amount of eviction
+  will ever warm the whole set, so an editor refuses such a window;
+* *fits now* — on the live tower (what is loaded, busy and pinned now) the set would be
+  placed with these evictions, or some model would be skipped until room frees up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+from .placement import place_many
+from .types import Placement, World
+
+
+@dataclass(frozen=True, slots=True)
+class WarmSetFit:
+    placements: dict[str, Placement | None]  # tag -> where it goes, None where it does not fit
+    already_warm: tuple[str, ...] = ()  # resident already (the live check only)
+
+    @property
+    def misfits(self) -> tuple[str, ...]:
+        return tuple(tag for tag, p in self.placements.items() if p is None)
+
+    @property
+    def fits(self) -> bool:
+        return not self.misfits
+
+
+def empty_tower(world: World) -> World:
+    """The same hardware with nothing loaded, every endpoint up and no telemetry figure."""
+    return replace(
+        world,
+        residents=(),
+        endpoints=tuple(replace(e, up=True) for e in world.endpoints),
+        gpus=tuple(replace(g, measured_free_mib=None) for g in world.gpus),
+    )
+
+
+def fit_warm_set(world: World, tags: Iterable[str]) -> WarmSetFit:
+    """Place the set on `world` one model at a time (as a preload would), in the given order."""
+    wanted = list(dict.fromkeys(tags))
+    known = {m.tag for m in world.models}
+    placements = place_many(world, [t for t in wanted if t in known])
+    for t in wanted:
+        if t not in known:
+            placements[t] = None
+    # place_many leaves out the models already resident on an up endpoint.
+    warm = tuple(t for t in wanted if t in known and t not in placements)
+    return WarmSetFit(placements={t: placements[t] for t in wanted if t in placements}, already_warm=warm)
+
+
+def never_fits(world: World, tags: Iterable[str]) -> tuple[str, ...]:
+    """The models of the set that have no place even on an empty tower (empty: it can fit)."""
+    return fit_warm_set(empty_tower(world), tags).misfits
