@@ -17,6 +17,7 @@ class PreloadWindowForm(forms.ModelForm):
     start_time = forms.TimeField(label="start", widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M"))
     end_time = forms.TimeField(label="end", widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
                                help_text="before the start: the window runs past midnight")
+    timezone = forms.CharField(label="time zone", max_length=64, initial="UTC")
     models = forms.ModelMultipleChoiceField(
         queryset=m.LlmModel.objects.filter(kind="local", enabled=True).order_by("tag"),
         widget=forms.CheckboxSelectMultiple, error_messages={"required": "pick at least one model"},

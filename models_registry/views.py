@@ -385,7 +385,8 @@ def preload_edit(request, pk: int | None = None):
 
 def _never_fit_message(pv: preload.Preview, vram_mib: dict) -> str:
     parts = [f"{t} ({vram_mib.get(t, 0) / 1024:.1f} GB)" for t in pv.own_misfits]
-    return (f"can never be warm together: {', '.join(parts)} do not fit the tower even with nothing else "
+    verb = "does" if len(parts) == 1 else "do"
+    return (f"can never be warm together: {', '.join(parts)} {verb} not fit the tower even with nothing else "
             f"loaded (largest GPU has {pv.largest_usable_mib / 1024:.1f} GB usable); remove them or split the window")
 
 

@@ -130,3 +130,35 @@ def test_the_other_pages_render(page):
     page.goto("/slo/")
     page.wait_for_selector("#chart-interactive_p95_s .uplot")
     shot(page, "slo")
+
+
+def test_creating_a_preload_window_previews_the_fit_and_saves_it(page):
+    from models_registry import models as m
+
+    page.click("text=Preload")
+    page.wait_for_selector("table.week")
+    page.click("text=new window")
+    page.fill("input[name=name]", "morning standup")
+    for day in ("Mon", "Wed"):
+        page.check(f"#field-days_of_week label:has-text('{day}') input")
+    page.fill("input[name=start_time]", "08:00")
+    page.fill("input[name=end_time]", "09:30")
+    # A 32B model: the live preview (HTMX on change) says it can never fit, before any save.
+    page.check("#field-models label:has-text('qwen2.5-coder:32b') input")
+    page.wait_for_selector("#never-fits")
+    shot(page, "preload_refused")
+    page.click("button[name=save]")
+    page.wait_for_selector("#field-models .error")
+    assert "can never be warm together" in page.inner_text("#field-models")
+    assert not m.PreloadWindow.objects.filter(name="morning standup").exists()
+    page.uncheck("#field-models label:has-text('qwen2.5-coder:32b') input")
+    page.check("#field-models label:has-text('llama3.2:3b') input")
+    page.wait_for_selector("#fits")
+    assert "llama3.2:3b" in page.inner_text("#warm-set")
+    shot(page, "preload_form")
+    page.click("button[name=save]")
+    page.wait_for_selector("#windows >> text=morning standup")
+    w = m.PreloadWindow.objects.get(name="morning standup")
+    assert w.days_of_week == [0, 2] and [mo.tag for mo in w.models.all()] == ["llama3.2:3b"]
+    assert "Mon, Wed" in page.inner_text("#windows")
+    shot(page, "preload")
