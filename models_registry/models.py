@@ -557,6 +557,9 @@ class SloHourlyRollup(models.Model):
     decision_counts = models.JSONField(default=dict, help_text='{"action|task_type_id|urgency|model_id": n}')
     load_counts = models.JSONField(default=dict, help_text='{"kind|model_id|endpoint_id|task_type_id": n}')
     ratings = models.JSONField(default=dict, help_text='{"model_id|task_type_id": [n, sum]}')
+    gpu_vram = models.JSONField(
+        default=dict, help_text='{"gpus": {"gpu_id": [samples, used_mib_sum, used_mib_max, total_mib]}} (vram.py)'
+    )
     computed_at = models.DateTimeField(null=True, blank=True)
     dirty_at = models.DateTimeField(null=True, blank=True, help_text="a late outcome changed this hour")
 

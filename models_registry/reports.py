@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Min
 
-from models_registry import metrics
+from models_registry import metrics, vram
 from models_registry import models as m
 
 UTC = dt.timezone.utc
@@ -178,6 +178,7 @@ def rollup_hour(hour: dt.datetime, now: dt.datetime | None = None) -> m.SloHourl
         row.decision_us_hist, row.decision_us_sum = data.decision_us_hist, data.decision_us_sum
         row.load_duration_hist, row.load_duration_sum = data.load_duration_hist, data.load_duration_sum
         row.decision_counts, row.load_counts, row.ratings = data.decision_counts, data.load_counts, data.ratings
+        row.gpu_vram = vram.gpu_vram_hour(h0)
         row.computed_at, row.dirty_at = now, None
         row.save()
     return row

@@ -24,3 +24,7 @@ urlpatterns += [
     path("preload/<int:pk>/", views.preload_edit, name="preload_edit"),
     path("preload/<int:pk>/toggle/", views.preload_toggle, name="preload_toggle"),
 ]
+
+urlpatterns += [
+    path("vram/", views.vram_history, name="vram"),
+]

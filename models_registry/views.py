@@ -12,6 +12,7 @@ import json
 from collections import defaultdict
 from functools import wraps
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
@@ -23,7 +24,7 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_POST
 
 from models_registry import models as m
-from models_registry import preload, reports, services, state
+from models_registry import preload, reports, services, state, vram
 from models_registry.forms import PreloadWindowForm
 
 PAGE_SIZE = 50
@@ -397,3 +398,41 @@ def preload_toggle(request, pk: int):
     window.enabled = not window.enabled
     window.save(update_fields=["enabled"])
     return redirect("console:preload")
+
+
+# --------------------------------------------------------------------------- VRAM history
+
+
+@require_GET
+@login_required
+def vram_history(request):
+    """One GPU's measured VRAM over a window, with load and unload events marked."""
+    gpus = list(m.Gpu.objects.select_related("host").order_by("host__name", "index"))
+    window = request.GET.get("window", "24h")
+    if window not in vram.WINDOWS:
+        raise Http404("unknown window")
+    key = request.GET.get("gpu") or (gpus[0].key if gpus else "")
+    gpu = next((g for g in gpus if g.key == key), None)
+    if gpus and gpu is None:
+        raise Http404("unknown GPU")
+    now = timezone.now()
+    ctx = {"gpus": gpus, "gpu": gpu, "window": window, "windows": list(vram.WINDOWS), "now": now,
+           "telemetry_s": settings.TOWEROPS_TELEMETRY_INTERVAL_S}
+    if gpu is not None:
+        h = vram.history(gpu, window, now)
+        ctx["h"] = h
+        ctx["charts"] = [{
+            "id": "vram-chart", "title": f"{gpu.key} {gpu.name}: VRAM used (MiB)", "unit": "MiB", "x": h["x"],
+            "series": [
+                {"label": "used (mean)", "y": h["used"], "stroke": "#2563eb"},
+                {"label": "used (max)", "y": h["max"], "stroke": "#93c5fd", "width": 1},
+                {"label": "usable", "y": [h["usable_mib"]] * len(h["x"]), "stroke": "#dc2626", "dash": [6, 4], "width": 1},
+                {"label": "loads", "y": h["loads"], "stroke": "#15803d", "points": True},
+                {"label": "unloads / evictions", "y": h["unloads"], "stroke": "#d97706", "points": True},
+            ],
+        }]
+        ctx["events"] = (
+            m.LoadEvent.objects.filter(endpoint__gpus=gpu, requested_at__gte=now - vram.WINDOWS[window][0])
+            .select_related("model", "endpoint").order_by("-requested_at", "-id")[:20]
+        )
+    return render(request, _template(request, "vram", "body"), ctx)

@@ -8,6 +8,18 @@
       var box = document.getElementById(c.id);
       if (!box || box.dataset.drawn) return;
       box.dataset.drawn = "1";
+      if (c.series) {  // several named series: [{label, y, stroke, dash, points}] (points: markers only)
+        var opts = [{}], cols = [c.x];
+        c.series.forEach(function (s) {
+          opts.push(s.points
+            ? {label: s.label, stroke: "transparent", points: {show: true, size: 10, stroke: s.stroke, fill: s.stroke}}
+            : {label: s.label, stroke: s.stroke, width: s.width || 2, dash: s.dash, spanGaps: false});
+          cols.push(s.y);
+        });
+        new uPlot({title: c.title, width: Math.min(c.width || 1100, box.clientWidth || 1100), height: c.height || 320,
+                   series: opts, scales: {x: {time: true}}, axes: [{}, {label: c.unit || "", size: 60}]}, cols, box);
+        return;
+      }
       var series = [{}, {label: c.title, stroke: "#2563eb", width: 2, spanGaps: false}];
       var data = [c.x, c.y];
       if (c.target !== null && c.target !== undefined) {
