@@ -28,3 +28,8 @@ urlpatterns += [
 urlpatterns += [
     path("vram/", views.vram_history, name="vram"),
 ]
+
+urlpatterns += [
+    path("catalog/floor/<int:task_id>/", views.update_floor, name="update_floor"),
+    path("catalog/urgency/<int:urgency_id>/<str:field>/", views.update_urgency, name="update_urgency"),
+]
