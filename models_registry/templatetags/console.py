@@ -21,3 +21,9 @@ def filesizeformat_mib(mib) -> str:
 def gpu_list(vram_by_gpu) -> str:
     """((gpu key, MiB), ...) -> "tower/0 4.5 GB + tower/1 2.0 GB"."""
     return " + ".join(f"{key} {filesizeformat_mib(mib)}" for key, mib in vram_by_gpu)
+
+
+@register.filter
+def num(value) -> str:
+    """A number as typed: 5, 0.05, 0.0001 (no padding zeros, no rounding away small weights)."""
+    return "" if value is None else f"{value:g}"
