@@ -139,10 +139,22 @@ def test_creating_a_preload_window_previews_the_fit_and_saves_it(page):
     page.wait_for_selector("table.week")
     page.click("text=new window")
     page.fill("input[name=name]", "morning standup")
+    page.check("#field-models label:has-text('llama3.2:3b') input")
+    # Pick the hours on the week: Tuesday 06:00, then 07:00 -> 06:00–08:00, Tuesday ticked, previewed.
+    page.click("#preview td.slot[data-day='1'][data-hour='6']")
+    page.click("#preview td.slot[data-day='1'][data-hour='7']")
+    assert page.input_value("input[name=start_time]") == "06:00"
+    assert page.input_value("input[name=end_time]") == "08:00"
+    assert page.is_checked("#field-days_of_week label:has-text('Tue') input")
+    page.wait_for_selector("#preview td.slot.edited[data-day='1'][data-hour='7']")
+    assert page.locator("#preview td.slot.edited").count() == 2
+    # Or type them: Monday and Wednesday 08:00–09:30.
+    page.uncheck("#field-days_of_week label:has-text('Tue') input")
     for day in ("Mon", "Wed"):
         page.check(f"#field-days_of_week label:has-text('{day}') input")
     page.fill("input[name=start_time]", "08:00")
     page.fill("input[name=end_time]", "09:30")
+    page.wait_for_selector("#preview td.slot.edited[data-day='2'][data-hour='9']")
     # A 32B model: the live preview (HTMX on change) says it can never fit, before any save.
     page.check("#field-models label:has-text('qwen2.5-coder:32b') input")
     page.wait_for_selector("#never-fits")
@@ -152,7 +164,6 @@ def test_creating_a_preload_window_previews_the_fit_and_saves_it(page):
     assert "can never be warm together" in page.inner_text("#field-models")
     assert not m.PreloadWindow.objects.filter(name="morning standup").exists()
     page.uncheck("#field-models label:has-text('qwen2.5-coder:32b') input")
-    page.check("#field-models label:has-text('llama3.2:3b') input")
     page.wait_for_selector("#fits")
     assert "llama3.2:3b" in page.inner_text("#warm-set")
     shot(page, "preload_form")
@@ -160,5 +171,27 @@ def test_creating_a_preload_window_previews_the_fit_and_saves_it(page):
     page.wait_for_selector("#windows >> text=morning standup")
     w = m.PreloadWindow.objects.get(name="morning standup")
     assert w.days_of_week == [0, 2] and [mo.tag for mo in w.models.all()] == ["llama3.2:3b"]
+    assert (w.start_time.isoformat(), w.end_time.isoformat()) == ("08:00:00", "09:30:00")
     assert "Mon, Wed" in page.inner_text("#windows")
     shot(page, "preload")
+
+
+def test_vram_history_draws_a_chart(page):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from models_registry import models as m
+
+    gpu = m.Gpu.objects.select_related("host").get(index=0)
+    now = timezone.now()
+    for i in range(30):
+        m.GpuSnapshot.objects.create(gpu=gpu, taken_at=now - dt.timedelta(minutes=i), total_mib=gpu.total_mib,
+                                     used_mib=2000 + 100 * (i % 7), free_mib=gpu.total_mib - 2000)
+    page.click("text=VRAM")
+    page.wait_for_selector("#vram-chart .uplot")
+    page.click("#vram nav[aria-label=window] >> text=24h")
+    page.wait_for_url(lambda url: url.endswith("window=24h"))
+    page.wait_for_selector("#vram nav[aria-label=window] a.active >> text=24h")
+    page.wait_for_selector("#vram-chart .uplot")
+    shot(page, "vram")
