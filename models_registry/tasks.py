@@ -374,7 +374,10 @@ def apply_preload_windows() -> dict:
     now = utcnow()
     wanted = desired_warm_set(now)
     loaded, skipped, cooled = [], [], []
-    for tag in wanted:
+    # Largest first: each load takes the tightest GPU, and small models placed first could
+    # take the only GPU a large one fits (policy.warmset.never_fits checks windows the same way).
+    size = dict(m.LlmModel.objects.filter(tag__in=wanted).values_list("tag", "vram_mib"))
+    for tag in sorted(wanted, key=lambda t: (-size.get(t, 0), t)):
         try:
             result = request_load(tag, trigger="preload", now=now, protect=tuple(wanted))
             if result["detail"].startswith("loading"):

@@ -55,5 +55,12 @@ def fit_warm_set(world: World, tags: Iterable[str]) -> WarmSetFit:
 
 
 def never_fits(world: World, tags: Iterable[str]) -> tuple[str, ...]:
-    """The models of the set that have no place even on an empty tower (empty: it can fit)."""
-    return fit_warm_set(empty_tower(world), tags).misfits
+    """The models of the set that have no place even on an empty tower (empty: it can fit).
+
+    Placed largest first: placement picks the tightest GPU for each model (best fit), and
+    best fit in decreasing size order packs small sets like these as well as any order
+    (a small model taken first could otherwise fill the only GPU a large one fits).
+    """
+    size = {m.tag: m.vram_mib for m in world.models}
+    ordered = sorted(dict.fromkeys(tags), key=lambda t: (-size.get(t, 0), t))
+    return fit_warm_set(empty_tower(world), ordered).misfits

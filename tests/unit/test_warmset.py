@@ -56,3 +56,16 @@ def test_the_live_check_sees_what_is_loaded_and_never_evicts_busy_models(tower):
 
 def test_unknown_tags_are_misfits_not_errors(tower):
     assert never_fits(tower.world(), ["no-such-model"]) == ("no-such-model",)
+
+
+def test_the_order_of_a_window_s_models_does_not_decide_whether_it_fits(tower):
+    # Two 10 GB GPUs and models of 4, 5, 5 and 6 GB: 6+4 and 5+5 fit. Placed in the order
+    # 4, 5, 5, 6 (each on the tightest GPU), 4+5 fill one GPU, 5 the other, and 6 has no room.
+    world = tower.world()
+    world = replace(world, gpus=tuple(replace(g, total_mib=10 * 1024, reserved_mib=0) for g in world.gpus))
+    base = next(m for m in world.models if m.tag == "mistral:7b")
+    sized = {f"x{gb}{k}": gb * 1024 for gb, k in ((4, ""), (5, "a"), (5, "b"), (6, ""))}
+    world = replace(world, models=tuple(replace(base, tag=t, vram_mib=mib) for t, mib in sized.items()))
+    order = ["x4", "x5a", "x5b", "x6"]
+    assert fit_warm_set(empty_tower(world), order).misfits == ("x6",)  # the naive order fails
+    assert never_fits(world, order) == ()
