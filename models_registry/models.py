@@ -278,7 +278,8 @@ class GpuSnapshot(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["gpu", "-taken_at"], name="snapshot_gpu_time"),
+            # Covers the VRAM history's buckets (index-only scans); the newest per GPU reads it backwards.
+            models.Index(fields=["gpu", "taken_at"], include=["used_mib"], name="snapshot_gpu_time_used"),
             models.Index(fields=["taken_at"], name="snapshot_time"),
         ]
 
@@ -396,7 +397,11 @@ class SelectionDecision(models.Model):
             models.Index(fields=["created_at"], name="decision_time"),
             models.Index(fields=["task_type", "created_at"], name="decision_task_time"),
             models.Index(fields=["model", "created_at"], name="decision_model_time"),
-            models.Index(fields=["created_at"], condition=Q(action="fallback"), name="decision_fallback_time"),
+            # The console's decision log filters on each of these too; with the time index alone a value
+            # without rows (an action or urgency never used) walks all of it. The (action, …) index
+            # replaces the partial fallback one it covers.
+            models.Index(fields=["action", "created_at"], name="decision_action_time"),
+            models.Index(fields=["urgency", "created_at"], name="decision_urgency_time"),
         ]
 
     def __str__(self) -> str:
@@ -433,7 +438,7 @@ class LoadEvent(models.Model):
         EXTERNAL = "external"
 
     model = models.ForeignKey(LlmModel, on_delete=models.PROTECT, related_name="load_events", db_index=False)
-    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="load_events")
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="load_events", db_index=False)
     gpu_keys = ArrayField(models.CharField(max_length=120), default=list, blank=True)
     kind = models.CharField(max_length=10, choices=Kind.choices)
     trigger = models.CharField(max_length=12, choices=Trigger.choices)
@@ -452,6 +457,10 @@ class LoadEvent(models.Model):
         indexes = [
             models.Index(fields=["requested_at"], name="loadevent_time"),
             models.Index(fields=["model", "requested_at"], name="loadevent_model_time"),
+            # The console's load event log filters on each (the endpoint one also serves the FK).
+            models.Index(fields=["endpoint", "requested_at"], name="loadevent_endpoint_time"),
+            models.Index(fields=["kind", "requested_at"], name="loadevent_kind_time"),
+            models.Index(fields=["trigger", "requested_at"], name="loadevent_trigger_time"),
         ]
         constraints = [
             models.CheckConstraint(

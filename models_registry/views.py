@@ -105,13 +105,16 @@ def _parse_time(value: str | None):
 
 
 def _keyset(qs, request, field: str):
-    """One page, newest first, on (field, id): `?after=<iso>_<id>` continues after that row."""
+    """One page, newest first, on (field, id): `?after=<iso>_<id>` continues after that row.
+
+    The redundant `field <= ts` bounds the index scan: with the OR alone PostgreSQL walks the
+    time index from the newest row and filters (3 s for a page 25 days back in 10 M decisions)."""
     cursor = request.GET.get("after", "")
     if "_" in cursor:
         ts_s, _, id_s = cursor.rpartition("_")
         ts = _parse_time(ts_s)
         if ts is not None and id_s.isdigit():
-            qs = qs.filter(Q(**{f"{field}__lt": ts}) | Q(**{field: ts, "id__lt": int(id_s)}))
+            qs = qs.filter(Q(**{f"{field}__lt": ts}) | Q(**{field: ts, "id__lt": int(id_s)}), **{f"{field}__lte": ts})
     rows = list(qs.order_by(f"-{field}", "-id")[: PAGE_SIZE + 1])
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
@@ -138,9 +141,24 @@ def _time_filters(qs, request, field: str, errors: list):
 
 
 def _exact_filters(qs, request, lookups: dict[str, str]):
-    """Apply ?param=value filters ({param: ORM lookup}); returns the queryset and the form values."""
+    """Apply ?param=value filters ({param: ORM lookup}); returns the queryset and the form values.
+
+    A lookup across a foreign key (`model__tag`, a unique name) is resolved to the id first, so
+    PostgreSQL plans `model_id = 7` with its statistics and the (model, time) index; through a
+    join it plans for an average model and walks the time index: all 10 M decisions for a model
+    that was never chosen. An unknown name matches nothing (no query)."""
     f = {k: request.GET.get(k, "") for k in (*lookups, "since", "until")}
-    return qs.filter(**{lookup: f[param] for param, lookup in lookups.items() if f[param]}), f
+    for param, lookup in lookups.items():
+        if not f[param]:
+            continue
+        fk, _, name = lookup.partition("__")
+        if not name:
+            qs = qs.filter(**{lookup: f[param]})
+            continue
+        related = qs.model._meta.get_field(fk).related_model
+        pk = related._default_manager.filter(**{name: f[param]}).values_list("pk", flat=True).first()
+        qs = qs.filter(**{f"{fk}_id": pk}) if pk is not None else qs.none()
+    return qs, f
 
 
 @require_GET
