@@ -193,9 +193,18 @@ class Tally:
 
     @classmethod
     def total(cls, tallies: Iterable[Tally]) -> Tally:
+        """The merge of all `tallies` (the same sums, in the same order, as merging one by one;
+        column-wise, as a 30-day window merges 720 hours of 400-bucket histograms)."""
         t = cls()
-        for x in tallies:
-            t.merge(x)
+        xs = list(tallies)
+        if any(len(x.latency_hist) != LATENCY_BUCKETS for x in xs):
+            for x in xs:
+                t.merge(x)
+            return t
+        for name in _SCALARS:
+            setattr(t, name, sum((getattr(x, name) for x in xs), getattr(t, name)))
+        if xs:
+            t.latency_hist = [sum(col) for col in zip(*(x.latency_hist for x in xs))]
         return t
 
 

@@ -10,7 +10,9 @@ Reading a window (`hour_data`): complete hours come from their rollup when it is
 hour ended (a load requested near the end of an hour is recorded when it finishes, up to
 the load timeout later) — and from raw rows otherwise; the current partial hour always
 comes from raw rows. So a report is exact whether or not the beat has caught up, and
-reads rollups for everything but the last hour or two.
+reads rollups for everything but the last hour or two. Each process keeps the rollup rows it
+has parsed and reuses one while its row is unchanged (`rollup_rows`): a page of a 30-day
+window then costs about one raw hour, not 720 rows of JSON.
 
 A window `24h` is the 24 complete hours before the current hour plus the current partial
 hour (`1h`, `7d`, `30d` likewise): rollups are per clock hour.
@@ -67,6 +69,13 @@ class HourData:
     load_counts: dict[str, int]  # "kind|model_id|endpoint_id|task_type_id"
     ratings: dict[str, list]  # "model_id|task_type_id" -> [n, sum]
     source: str  # rollup | raw
+    _evaluated: dict | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def evaluated(self) -> dict[str, metrics.MetricValue]:
+        """metrics.evaluate of this hour's tally (kept: a cached rollup hour is evaluated once)."""
+        if self._evaluated is None:
+            self._evaluated = metrics.evaluate(self.tally)
+        return self._evaluated
 
     @classmethod
     def from_row(cls, r: m.SloHourlyRollup, labels: bool = True) -> HourData:
@@ -82,12 +91,19 @@ class HourData:
 
 _TALLY_FIELDS = tuple(f.name for f in dataclasses.fields(metrics.Tally))
 
+# The outcomes are read by the id range of the hour's decisions (an index range scan of a few
+# thousand rows) and hashed: a plain LEFT JOIN is planned as a hash join over every outcome in
+# the table (a sequential scan of the whole table each time, 0.4 s at 1 M outcomes).
 _DECISIONS_SQL = """
+WITH d AS MATERIALIZED (
+    SELECT id, action, task_type_id, urgency, model_id, met_floor, expected_response_s, decision_us, residency_id
+    FROM models_registry_selectiondecision WHERE created_at >= %s AND created_at < %s
+)
 SELECT d.action, d.task_type_id, d.urgency, d.model_id, d.met_floor, d.expected_response_s,
        o.response_ms, o.rating, d.decision_us, d.residency_id
-FROM models_registry_selectiondecision d
-LEFT JOIN models_registry_decisionoutcome o ON o.decision_id = d.id
-WHERE d.created_at >= %s AND d.created_at < %s
+FROM d
+LEFT JOIN models_registry_decisionoutcome o
+       ON o.decision_id = d.id AND o.decision_id BETWEEN (SELECT min(id) FROM d) AND (SELECT max(id) FROM d)
 """
 _LOADS_SQL = """
 SELECT e.kind, e.model_id, e.endpoint_id, d.task_type_id, e.duration_s
@@ -125,25 +141,28 @@ def compute_hour(h0: dt.datetime, h1: dt.datetime | None = None, now: dt.datetim
         snapshots, usable_mib = cur.fetchone()
 
     Dec, Load, Span = metrics.DecisionRec, metrics.LoadRec, metrics.Span
-    decisions = [
-        Dec(0.0, urg, action, met, exp, None if ms is None else ms / 1000.0, res)
-        for action, _task, urg, _model, met, exp, ms, _rating, _us, res in drows
-    ]
+    labels: dict[tuple, int] = {}
+    ratings: dict[str, list] = {}
+    us_values = []
+
+    def decisions():
+        # One pass, the labelled counts taken on the way, and one record alive at a time: a
+        # full hour is ~14 k rows, and a list of records cost more (allocation, GC) than the tally.
+        for action, task, urg, model, met, exp, ms, rating, us, res in drows:
+            key = (action, task, urg, model)
+            labels[key] = labels.get(key, 0) + 1
+            us_values.append(us)
+            if rating is not None and model is not None:
+                r = ratings.setdefault(f"{model}|{task}", [0, 0.0])
+                r[0] += 1
+                r[1] += rating
+            yield Dec(0.0, urg, action, met, exp, None if ms is None else ms / 1000.0, res)
+
     loads = [Load(0.0, kind) for kind, *_ in lrows]
     spans = [Span(rid, float(a), float(b), mib) for rid, mib, a, b in srows]
     t0, t1 = h0.timestamp(), h1.timestamp()
-    tally = metrics.tally_hour(t0, t1, decisions, loads, spans, float(usable_mib), observed=bool(snapshots))
-
-    dcounts: Counter = Counter()
-    ratings: dict[str, list] = {}
-    us_values = []
-    for action, task, urg, model, _met, _exp, _ms, rating, us, _res in drows:
-        dcounts[f"{action or 'none'}|{task}|{urg}|{model or ''}"] += 1
-        us_values.append(us)
-        if rating is not None and model is not None:
-            r = ratings.setdefault(f"{model}|{task}", [0, 0.0])
-            r[0] += 1
-            r[1] += rating
+    tally = metrics.tally_hour(t0, t1, decisions(), loads, spans, float(usable_mib), observed=bool(snapshots))
+    dcounts = {f"{action or 'none'}|{task}|{urg}|{model or ''}": n for (action, task, urg, model), n in labels.items()}
     lcounts: Counter = Counter()
     durations = []
     for kind, model, endpoint, task, duration in lrows:
@@ -271,30 +290,84 @@ def rollup_range(start: dt.datetime, end: dt.datetime, now: dt.datetime | None =
     return n
 
 
-def hour_data(start: dt.datetime, now: dt.datetime | None = None, labels: bool = True) -> list[HourData]:
-    """Every hour from `start` (an hour boundary) to now: good rollups, else raw rows."""
+# Parsed rollup rows of this process. A 30-day window is 720 rows holding ~4 MB of JSON labels
+# and 300 k histogram buckets: reading and parsing them costs ~0.3 s on every page or API call
+# of that window. A complete hour's row seldom changes, so each row parsed is kept by id with
+# its row version — PostgreSQL's (xmin, ctid), new on every UPDATE, even within one
+# transaction — and reused only while the row still has that version: a read fetches the
+# window's (id, version) pairs (a few ms) and parses only the rows rolled up or marked dirty
+# since. Cached HourData (and their dicts and lists) are shared: read them, never change them.
+_ROW_VERSION = "xmin::text || ':' || ctid::text"
+_ROLLUP_CACHE_MAX = 800  # a 30-day window and some
+_rollup_cache: dict[int, tuple[str, m.SloHourlyRollup, HourData]] = {}
+
+
+def rollup_rows(start: dt.datetime, end: dt.datetime) -> dict[dt.datetime, tuple[m.SloHourlyRollup, HourData]]:
+    """The rollup rows of the hours in [start, end), each with its HourData (labelled), by hour,
+    from this process's cache where the row has not changed. Read them, never change them."""
+    from django.db.models.expressions import RawSQL
+
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT id, {_ROW_VERSION} FROM models_registry_slohourlyrollup WHERE hour >= %s AND hour < %s",
+                    [start, end])
+        versions = dict(cur.fetchall())
+    stale = [i for i, v in versions.items() if _rollup_cache.get(i, ("",))[0] != v]
+    if stale:
+        for r in m.SloHourlyRollup.objects.filter(id__in=stale).annotate(row_version=RawSQL(_ROW_VERSION, ())):
+            _rollup_cache[r.id] = (r.row_version, r, HourData.from_row(r))
+    out = {}
+    for i in versions:
+        if i in _rollup_cache:
+            _, r, data = _rollup_cache[i]
+            out[r.hour] = (r, data)
+    if len(_rollup_cache) > _ROLLUP_CACHE_MAX:
+        for i in [i for i in _rollup_cache if i not in versions]:
+            del _rollup_cache[i]
+    return out
+
+
+class Hours(list):
+    """What hour_data returns: the window's HourData, in order, with their merged tally kept
+    (a page showing several reports of one window merges 720 hours once)."""
+
+    _total: metrics.Tally | None = None
+
+    def total(self) -> metrics.Tally:
+        if self._total is None:
+            self._total = metrics.Tally.total(x.tally for x in self)
+        return self._total
+
+
+def _total(data: list[HourData]) -> metrics.Tally:
+    return data.total() if isinstance(data, Hours) else metrics.Tally.total(x.tally for x in data)
+
+
+def hour_data(start: dt.datetime, now: dt.datetime | None = None, labels: bool = True) -> Hours:
+    """Every hour from `start` (an hour boundary) to now: good rollups, else raw rows.
+
+    Hours from rollups come with their labelled counts whatever `labels` says (parsed once
+    per process, see rollup_rows)."""
     now = now or utcnow()
     current = floor_hour(now)
-    qs = m.SloHourlyRollup.objects.filter(hour__gte=start, hour__lt=current)
-    if not labels:
-        qs = qs.defer("decision_counts", "load_counts", "ratings")
-    rows = {r.hour: r for r in qs}
-    first = data_start()
+    rows = rollup_rows(start, current)
+    first, first_read = None, False  # data_start(), read only if some hour has no good rollup
     out = []
     h = start
     while h < current:
-        r = rows.get(h)
-        if r is not None and _is_good(r):
-            out.append(HourData.from_row(r, labels))
-        elif first is None or h < first:
-            # Nothing raw left for this hour (never was, or pruned after a rollup that is now dirty).
-            out.append(HourData.from_row(r, labels) if r is not None and r.computed_at else _empty(h))
-        else:
-            out.append(compute_hour(h, h + HOUR, now))
+        r, data = rows.get(h, (None, None))
+        if r is None or not _is_good(r):
+            if not first_read:
+                first, first_read = data_start(), True
+            if first is None or h < first:
+                # Nothing raw left for this hour (never was, or pruned after a rollup that is now dirty).
+                data = data if r is not None and r.computed_at else _empty(h)
+            else:
+                data = compute_hour(h, h + HOUR, now)
+        out.append(data)
         h += HOUR
     if now > current:
         out.append(compute_hour(current, now, now))
-    return out
+    return Hours(out)
 
 
 def _empty(h: dt.datetime) -> HourData:
@@ -329,13 +402,15 @@ def _notes(mv: metrics.MetricValue) -> str:
     return f"{d['fallbacks']} of {d['decisions']} decisions fell back"
 
 
-def slo_report(window: str, now: dt.datetime | None = None) -> dict:
+def slo_report(window: str, now: dt.datetime | None = None, data: list[HourData] | None = None) -> dict:
+    """The five metrics over the window. `data`: the window's hour_data when the caller has it
+    already (a page showing several reports of one window reads the hours once)."""
     now = now or utcnow()
     start, end = window_bounds(window, now)
-    data = hour_data(start, now, labels=False)
+    data = hour_data(start, now, labels=False) if data is None else data
     tg = targets()
-    total = metrics.evaluate(metrics.Tally.total(x.tally for x in data))
-    per_hour = [(x.hour, metrics.evaluate(x.tally)) for x in data]
+    total = metrics.evaluate(_total(data))
+    per_hour = [(x.hour, x.evaluated()) for x in data]
     out = []
     for name in metrics.METRICS:
         mv, t = total[name], tg.get(name)
@@ -373,35 +448,44 @@ def _name(names: dict, key: str) -> str | None:
     return names.get(int(key), f"#{key}")
 
 
+def _sum_counts(counts) -> dict[str, int]:
+    """Labelled counts of many hours summed per label, in the order labels first appear
+    (each label is then parsed once, not once an hour)."""
+    out: dict[str, int] = {}
+    get = out.get
+    for c in counts:
+        for key, n in c.items():
+            out[key] = get(key, 0) + n
+    return out
+
+
 def _rate(n: int, d: int) -> float | None:
     return n / d if d else None
 
 
-def fallbacks_report(window: str, now: dt.datetime | None = None) -> dict:
+def fallbacks_report(window: str, now: dt.datetime | None = None, data: list[HourData] | None = None) -> dict:
     """Fallbacks by the model fallen back to, by task type, by urgency and by hour."""
     now = now or utcnow()
     start, end = window_bounds(window, now)
-    data = hour_data(start, now)
+    data = hour_data(start, now) if data is None else data
     tasks, models_, _ = _names()
     by_model: Counter = Counter()
     by_task = defaultdict(lambda: [0, 0])
     by_urgency = defaultdict(lambda: [0, 0])
-    hours = []
-    for x in data:
-        for key, n in x.decision_counts.items():
-            action, task, urgency, model = key.split("|")
-            fb = n if action == "fallback" else 0
-            t = by_task[_name(tasks, task)]
-            t[0] += n
-            t[1] += fb
-            u = by_urgency[urgency]
-            u[0] += n
-            u[1] += fb
-            if fb:
-                by_model[_name(models_, model)] += fb
-        hours.append({"hour": x.hour, "decisions": x.tally.decisions, "fallbacks": x.tally.fallbacks,
-                      "rate": _rate(x.tally.fallbacks, x.tally.decisions)})
-    total = metrics.Tally.total(x.tally for x in data)
+    for key, n in _sum_counts(x.decision_counts for x in data).items():
+        action, task, urgency, model = key.split("|")
+        fb = n if action == "fallback" else 0
+        t = by_task[_name(tasks, task)]
+        t[0] += n
+        t[1] += fb
+        u = by_urgency[urgency]
+        u[0] += n
+        u[1] += fb
+        if fb:
+            by_model[_name(models_, model)] += fb
+    hours = [{"hour": x.hour, "decisions": x.tally.decisions, "fallbacks": x.tally.fallbacks,
+              "rate": _rate(x.tally.fallbacks, x.tally.decisions)} for x in data]
+    total = _total(data)
     return {
         "window": window, "start": start, "end": end,
         "decisions": total.decisions, "fallbacks": total.fallbacks, "rate": _rate(total.fallbacks, total.decisions),
@@ -414,27 +498,24 @@ def fallbacks_report(window: str, now: dt.datetime | None = None) -> dict:
     }
 
 
-def thrash_report(window: str, now: dt.datetime | None = None) -> dict:
+def thrash_report(window: str, now: dt.datetime | None = None, data: list[HourData] | None = None) -> dict:
     """Loads, evictions, unloads and failures by model, endpoint, task type (of the decision that asked) and hour."""
     now = now or utcnow()
     start, end = window_bounds(window, now)
-    data = hour_data(start, now)
+    data = hour_data(start, now) if data is None else data
     tasks, models_, endpoints = _names()
     kinds = ("load", "evict", "unload", "fail")
     by_model = defaultdict(Counter)
     by_endpoint = defaultdict(Counter)
     by_task = defaultdict(Counter)
-    hours = []
-    for x in data:
-        for key, n in x.load_counts.items():
-            kind, model, endpoint, task = key.split("|")
-            by_model[_name(models_, model)][kind] += n
-            by_endpoint[_name(endpoints, endpoint)][kind] += n
-            by_task[_name(tasks, task)][kind] += n
-        t = x.tally
-        hours.append({"hour": x.hour, "loads": t.loads, "evictions": t.evictions, "unloads": t.unloads,
-                      "failures": t.failures})
-    total = metrics.Tally.total(x.tally for x in data)
+    for key, n in _sum_counts(x.load_counts for x in data).items():
+        kind, model, endpoint, task = key.split("|")
+        by_model[_name(models_, model)][kind] += n
+        by_endpoint[_name(endpoints, endpoint)][kind] += n
+        by_task[_name(tasks, task)][kind] += n
+    hours = [{"hour": x.hour, "loads": x.tally.loads, "evictions": x.tally.evictions, "unloads": x.tally.unloads,
+              "failures": x.tally.failures} for x in data]
+    total = _total(data)
     lph = metrics.evaluate(total)[metrics.LOADS_PER_HOUR]
 
     def rows(d: dict, label: str) -> list[dict]:

@@ -395,7 +395,8 @@ def slo(request):
     if window not in reports.WINDOWS:
         raise Http404("unknown window")
     now = timezone.now()
-    report = reports.slo_report(window, now)
+    data = reports.hour_data(reports.window_bounds(window, now)[0], now)  # read once for the three reports
+    report = reports.slo_report(window, now, data)
     charts = []
     for metric in report["metrics"]:
         t = metric["target"]
@@ -408,7 +409,7 @@ def slo(request):
         })
     ctx = {
         "window": window, "windows": list(reports.WINDOWS), "report": report, "charts": charts,
-        "fallbacks": reports.fallbacks_report(window, now), "thrash": reports.thrash_report(window, now),
+        "fallbacks": reports.fallbacks_report(window, now, data), "thrash": reports.thrash_report(window, now, data),
     }
     return render(request, _template(request, "slo", "body"), ctx)
 

@@ -94,6 +94,26 @@ def test_merge_is_exact_and_window_splits_hours():
     assert ev[M.FALLBACK_RATE].value == pytest.approx(1 / 3)
 
 
+def test_total_merges_column_wise_as_one_by_one():
+    import random
+
+    rnd = random.Random(7)
+    tallies = []
+    for _ in range(50):
+        t = M.Tally(seconds=rnd.uniform(0, H), observed_s=rnd.uniform(0, H), decisions=rnd.randrange(100),
+                    fallbacks=rnd.randrange(5), vram_used_mib_s=rnd.uniform(0, 1e9),
+                    vram_usable_mib_s=rnd.uniform(0, 1e9))
+        t.latency_hist[rnd.randrange(M.LATENCY_BUCKETS)] += rnd.randrange(1, 9)
+        tallies.append(t)
+    one_by_one = M.Tally()
+    for t in tallies:
+        one_by_one.merge(t)
+    assert M.Tally.total(tallies) == one_by_one  # floats summed in the same order: equal, not approx
+    assert M.Tally.total([]) == M.Tally()
+    short = M.Tally(decisions=1, latency_hist=[1, 2])  # not the standard length: merged one by one
+    assert M.Tally.total([tallies[0], short]).decisions == tallies[0].decisions + 1
+
+
 def test_vram_counts_only_in_hours_where_the_model_served():
     span = S("a", 0.0, 2 * H, 1000.0)
     served_in_first = [D(10, "interactive", "use_loaded", True, 1.0, residency="a")]

@@ -221,3 +221,29 @@ def test_celery_tasks_are_thin_wrappers(history, settings):
     settings.TOWEROPS_DECISION_RAW_DAYS = 30
     assert tasks.prune_decisions() == 0
     assert "slo-rollups" in settings.CELERY_BEAT_SCHEDULE and "prune-decisions" in settings.CELERY_BEAT_SCHEDULE
+
+
+def test_cached_rollups_are_reread_once_their_row_changes(history):
+    """hour_data keeps the rollup rows it parsed (reports.rollup_rows), by row version: a row
+    recomputed — even at the same `now`, so with the same computed_at — is read again."""
+    now = reports.utcnow()
+    reports.rollup_range(history["h0"], history["h1"] + HOUR, now)
+    first = reports.rollup_rows(history["h0"], history["h1"] + HOUR)
+    assert reports.rollup_rows(history["h0"], history["h1"] + HOUR)[history["h0"]][1] is first[history["h0"]][1]
+    assert values(reports.slo_report("24h"))[M.P95]["value"] == 6.0
+    services.record_outcome(history["late"].pk, 1500, True, None)
+    reports.rollup_hour(history["h0"], now)  # same computed_at as before
+    again = reports.rollup_rows(history["h0"], history["h1"] + HOUR)
+    assert again[history["h0"]][1] is not first[history["h0"]][1]
+    assert again[history["h1"]][1] is first[history["h1"]][1]  # unchanged: not parsed again
+    report = reports.slo_report("24h")
+    assert report["hours_from_rollups"] == 2
+    assert values(report)[M.P95]["value"] == 3.0
+
+
+def test_one_read_of_the_hours_serves_every_report_of_a_page(history):
+    now = reports.utcnow()
+    data = reports.hour_data(reports.window_bounds("24h", now)[0], now)
+    assert reports.slo_report("24h", now, data) == reports.slo_report("24h", now)
+    assert reports.fallbacks_report("24h", now, data) == reports.fallbacks_report("24h", now)
+    assert reports.thrash_report("24h", now, data) == reports.thrash_report("24h", now)

@@ -34,3 +34,13 @@ def test_a_window_switch_over_htmx_returns_the_body_only(viewer_client, tower):
 @pytest.mark.django_db
 def test_an_unknown_window_is_404(viewer_client, tower):
     assert viewer_client.get(reverse("console:slo"), {"window": "1y"}).status_code == 404
+
+
+def test_the_met_strip_filter_writes_what_the_template_loop_wrote():
+    from django.template import Context, Template
+
+    series = [{"met": v} for v in (True, False, None, True, None)]
+    loop = Template('{% for p in s %}{% if p.met is True %}▮{% elif p.met is False %}<span class="down">▮</span>'
+                    '{% else %}<span class="muted">·</span>{% endif %}{% endfor %}')
+    assert Template("{% load console %}{{ s|met_strip }}").render(Context({"s": series})) == loop.render(
+        Context({"s": series}))

@@ -104,3 +104,14 @@ def test_unknown_windows_and_gpus_are_404(viewer_client, tower, query):
 def test_anonymous_users_are_sent_to_login(client, db):
     response = client.get(reverse("console:vram"))
     assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+def test_the_vram_rows_filter_writes_what_the_template_loop_wrote():
+    from django.template import Context, Template
+
+    at = dt.datetime(2026, 11, 25, 21, 4, 10, tzinfo=dt.timezone.utc)
+    table = [(at, 10240.5, 11000), (at + dt.timedelta(minutes=2), 2.4999, 3), (at, 0.0, 0)]
+    loop = Template('{% for x, u, mx in t %}<tr><td>{{ x|date:"Y-m-d H:i:s" }}</td><td>{{ u|floatformat:0 }}</td>'
+                    '<td>{{ mx }}</td></tr>{% endfor %}')
+    assert Template("{% load console %}{{ t|vram_rows }}").render(Context({"t": table})) == loop.render(
+        Context({"t": table}))
