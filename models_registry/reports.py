@@ -130,25 +130,16 @@ def compute_hour(h0: dt.datetime, h1: dt.datetime | None = None, now: dt.datetim
     """The hour [h0, h1) from raw rows (h1 defaults to h0 + 1 h; earlier for the current hour)."""
     now = now or utcnow()
     h1 = h1 or h0 + HOUR
-    with connection.cursor() as cur:
-        cur.execute(_DECISIONS_SQL, [h0, h1])
-        drows = cur.fetchall()
-        cur.execute(_LOADS_SQL, [h0, h1])
-        lrows = cur.fetchall()
-        cur.execute(_SPANS_SQL, {"now": max(now, h0), "h0": h0, "h1": h1})
-        srows = cur.fetchall()
-        cur.execute(_OBSERVED_SQL, [h0, h1])
-        snapshots, usable_mib = cur.fetchone()
-
     Dec, Load, Span = metrics.DecisionRec, metrics.LoadRec, metrics.Span
     labels: dict[tuple, int] = {}
     ratings: dict[str, list] = {}
     us_values = []
 
-    def decisions():
-        # One pass, the labelled counts taken on the way, and one record alive at a time: a
-        # full hour is ~14 k rows, and a list of records cost more (allocation, GC) than the tally.
-        for action, task, urg, model, met, exp, ms, rating, us, res in drows:
+    def decisions(rows):
+        # One pass over the cursor, the labelled counts taken on the way, one row and one record
+        # alive at a time: a full hour is ~14 k rows, and holding them all (fetchall, a list of
+        # records) costs more than the tally, and ages them into full garbage collections.
+        for action, task, urg, model, met, exp, ms, rating, us, res in rows:
             key = (action, task, urg, model)
             labels[key] = labels.get(key, 0) + 1
             us_values.append(us)
@@ -158,10 +149,17 @@ def compute_hour(h0: dt.datetime, h1: dt.datetime | None = None, now: dt.datetim
                 r[1] += rating
             yield Dec(0.0, urg, action, met, exp, None if ms is None else ms / 1000.0, res)
 
-    loads = [Load(0.0, kind) for kind, *_ in lrows]
-    spans = [Span(rid, float(a), float(b), mib) for rid, mib, a, b in srows]
     t0, t1 = h0.timestamp(), h1.timestamp()
-    tally = metrics.tally_hour(t0, t1, decisions(), loads, spans, float(usable_mib), observed=bool(snapshots))
+    with connection.cursor() as cur:
+        cur.execute(_LOADS_SQL, [h0, h1])
+        lrows = cur.fetchall()
+        cur.execute(_SPANS_SQL, {"now": max(now, h0), "h0": h0, "h1": h1})
+        spans = [Span(rid, float(a), float(b), mib) for rid, mib, a, b in cur.fetchall()]
+        cur.execute(_OBSERVED_SQL, [h0, h1])
+        snapshots, usable_mib = cur.fetchone()
+        loads = [Load(0.0, kind) for kind, *_ in lrows]
+        cur.execute(_DECISIONS_SQL, [h0, h1])
+        tally = metrics.tally_hour(t0, t1, decisions(cur), loads, spans, float(usable_mib), observed=bool(snapshots))
     dcounts = {f"{action or 'none'}|{task}|{urg}|{model or ''}": n for (action, task, urg, model), n in labels.items()}
     lcounts: Counter = Counter()
     durations = []
