@@ -446,15 +446,35 @@ def _name(names: dict, key: str) -> str | None:
     return names.get(int(key), f"#{key}")
 
 
-def _sum_counts(counts) -> dict[str, int]:
-    """Labelled counts of many hours summed per label, in the order labels first appear
-    (each label is then parsed once, not once an hour)."""
-    out: dict[str, int] = {}
+def _add_counts(out: dict[str, int], counts) -> dict[str, int]:
     get = out.get
     for c in counts:
         for key, n in c.items():
             out[key] = get(key, 0) + n
     return out
+
+
+# Sums of the labelled counts of the hours a window starts with that come from the rollup
+# cache (a 30-day window adds up ~150 k counts), keyed by those hours' ids, which the entry
+# holds on to (so no id is reused while it is a key). Integers: the same sums, in the same order.
+_prefix_sums: dict[tuple, tuple[list, dict]] = {}
+
+
+def _sum_counts(data: list[HourData], attr: str) -> dict[str, int]:
+    """The window's labelled counts (`decision_counts` or `load_counts`) summed per label, in
+    the order labels first appear (each label is then parsed once, not once an hour)."""
+    n = 0
+    while n < len(data) and (data[n].source == "rollup" or not getattr(data[n], attr)):
+        n += 1
+    prefix = [x for x in data[:n] if x.source == "rollup"]
+    key = (attr, tuple(map(id, prefix)))
+    hit = _prefix_sums.get(key)
+    if hit is None:
+        hit = (prefix, _add_counts({}, (getattr(x, attr) for x in prefix)))
+        if len(_prefix_sums) >= 8:
+            _prefix_sums.clear()
+        _prefix_sums[key] = hit
+    return _add_counts(dict(hit[1]), (getattr(x, attr) for x in data[n:]))
 
 
 def _rate(n: int, d: int) -> float | None:
@@ -470,7 +490,7 @@ def fallbacks_report(window: str, now: dt.datetime | None = None, data: list[Hou
     by_model: Counter = Counter()
     by_task = defaultdict(lambda: [0, 0])
     by_urgency = defaultdict(lambda: [0, 0])
-    for key, n in _sum_counts(x.decision_counts for x in data).items():
+    for key, n in _sum_counts(data, "decision_counts").items():
         action, task, urgency, model = key.split("|")
         fb = n if action == "fallback" else 0
         t = by_task[_name(tasks, task)]
@@ -506,7 +526,7 @@ def thrash_report(window: str, now: dt.datetime | None = None, data: list[HourDa
     by_model = defaultdict(Counter)
     by_endpoint = defaultdict(Counter)
     by_task = defaultdict(Counter)
-    for key, n in _sum_counts(x.load_counts for x in data).items():
+    for key, n in _sum_counts(data, "load_counts").items():
         kind, model, endpoint, task = key.split("|")
         by_model[_name(models_, model)][kind] += n
         by_endpoint[_name(endpoints, endpoint)][kind] += n

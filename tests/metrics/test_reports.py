@@ -247,3 +247,29 @@ def test_one_read_of_the_hours_serves_every_report_of_a_page(history):
     assert reports.slo_report("24h", now, data) == reports.slo_report("24h", now)
     assert reports.fallbacks_report("24h", now, data) == reports.fallbacks_report("24h", now)
     assert reports.thrash_report("24h", now, data) == reports.thrash_report("24h", now)
+
+
+def test_window_label_sums_equal_an_hour_by_hour_sum_in_order():
+    """_sum_counts keeps the sum of the leading cached rollup hours between pages: it must give
+    the same counts, in the same first-appearance order, as adding every hour in turn."""
+    import dataclasses
+
+    h = base_hour(10)
+
+    def hour(i, source, counts):
+        return dataclasses.replace(reports._empty(h + i * HOUR), source=source, decision_counts=counts)
+
+    data = [hour(0, "empty", {}), hour(1, "rollup", {"b": 1, "a": 2}), hour(2, "rollup", {"c": 1}),
+            hour(3, "raw", {"d": 5, "a": 1}), hour(4, "rollup", {"b": 7, "e": 1})]
+
+    def naive(hours):
+        out = {}
+        for x in hours:
+            for k, n in x.decision_counts.items():
+                out[k] = out.get(k, 0) + n
+        return list(out.items())
+
+    for _ in range(2):  # computed, then from the kept prefix sum
+        assert list(reports._sum_counts(data, "decision_counts").items()) == naive(data)
+    changed = [data[0], hour(1, "rollup", {"a": 1}), *data[2:]]  # a row re-read: a new object
+    assert list(reports._sum_counts(changed, "decision_counts").items()) == naive(changed)
