@@ -1,7 +1,8 @@
 """Console pages at scale: server time and SQL queries of every page on the SLO bench's data set.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \\
-        .venv/bin/python bench/bench_pages.py [--calls 7] [--only SUBSTRING ...] [--no-top-up]
+        .venv/bin/python bench/bench_pages.py [--calls 7] [--minute M] [--only SUBSTRING ...]
+                                              [--no-top-up] [--rebuild-rollups] [--show-urls]
 
 1. Uses the database towerops_slo_bench on DATABASE_URL's server (bench/bench_slo.py's
    10 M decisions, 1 M outcomes, 1 M load events, 5 M GPU snapshots over 30 days); builds
@@ -95,7 +96,7 @@ PAGES: list[tuple[str, str, dict]] = [
     ("slo #body window=7d", "/slo/?window=7d", HX),
     ("slo window=30d", "/slo/?window=30d", {}),
     ("slo #body window=30d", "/slo/?window=30d", HX),
-    # Being built (the lead): "not present" until their URLs exist.
+    # Newer pages: a URL that does not resolve prints "not present" (a branch without them).
     ("vram window=1h", "/vram/?gpu={gpu}&window=1h", {}),
     ("vram window=24h", "/vram/?gpu={gpu}&window=24h", {}),
     ("vram window=7d", "/vram/?gpu={gpu}&window=7d", {}),
