@@ -105,7 +105,7 @@ class SelectionDecisionAdmin(ReadOnlyAdmin):
 
 @admin.register(m.DecisionOutcome)
 class DecisionOutcomeAdmin(ReadOnlyAdmin):
-    list_display = ("decision", "reported_at", "response_ms", "success", "rating")
+    list_display = ("decision", "reported_at", "first_token_ms", "response_ms", "success", "rating")
 
 
 @admin.register(m.LoadEvent)

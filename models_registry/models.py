@@ -396,6 +396,8 @@ class DecisionOutcome(models.Model):
     decision = models.OneToOneField(SelectionDecision, on_delete=models.CASCADE, related_name="outcome")
     reported_at = models.DateTimeField()
     response_ms = models.PositiveIntegerField()
+    # Time to first token as the caller saw it (streaming): the interactive p95's first source.
+    first_token_ms = models.PositiveIntegerField(null=True, blank=True)
     success = models.BooleanField()
     rating = models.FloatField(null=True, blank=True, validators=ZERO_TO_ONE)
 
@@ -403,6 +405,10 @@ class DecisionOutcome(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=Q(rating__isnull=True) | (Q(rating__gte=0) & Q(rating__lte=1)), name="outcome_rating_0_1"
+            ),
+            models.CheckConstraint(
+                condition=Q(first_token_ms__isnull=True) | Q(first_token_ms__lte=F("response_ms")),
+                name="outcome_first_token_le_response",
             ),
         ]
 
@@ -487,7 +493,7 @@ class SloTarget(models.Model):
     """
 
     class Name(models.TextChoices):
-        INTERACTIVE_P95_S = "interactive_p95_s", "interactive response p95 (s)"
+        INTERACTIVE_P95_S = "interactive_p95_s", "interactive time-to-first-token p95 (s)"
         LOADS_PER_HOUR = "loads_per_hour", "model loads per hour"
         VRAM_EFFICIENCY = "vram_efficiency", "VRAM efficiency (fraction)"
         QUALITY_MET = "quality_met", "quality threshold met (fraction)"
@@ -529,6 +535,7 @@ class SloHourlyRollup(models.Model):
     decisions = models.PositiveIntegerField(default=0)
     fallbacks = models.PositiveIntegerField(default=0)
     met_floor = models.PositiveIntegerField(default=0)
+    interactive_first_token = models.PositiveIntegerField(default=0)
     interactive_observed = models.PositiveIntegerField(default=0)
     interactive_estimated = models.PositiveIntegerField(default=0)
     interactive_unknown = models.PositiveIntegerField(default=0)

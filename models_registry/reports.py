@@ -83,8 +83,8 @@ class HourData:
 _TALLY_FIELDS = tuple(f.name for f in dataclasses.fields(metrics.Tally))
 
 _DECISIONS_SQL = """
-SELECT d.action, d.task_type_id, d.urgency, d.model_id, d.met_floor, d.expected_response_s,
-       o.response_ms, o.rating, d.decision_us, d.residency_id
+SELECT d.action, d.task_type_id, d.urgency, d.model_id, d.met_floor, d.expected_wait_s,
+       o.response_ms, o.rating, d.decision_us, d.residency_id, o.first_token_ms
 FROM models_registry_selectiondecision d
 LEFT JOIN models_registry_decisionoutcome o ON o.decision_id = d.id
 WHERE d.created_at >= %s AND d.created_at < %s
@@ -126,8 +126,9 @@ def compute_hour(h0: dt.datetime, h1: dt.datetime | None = None, now: dt.datetim
 
     Dec, Load, Span = metrics.DecisionRec, metrics.LoadRec, metrics.Span
     decisions = [
-        Dec(0.0, urg, action, met, exp, None if ms is None else ms / 1000.0, res)
-        for action, _task, urg, _model, met, exp, ms, _rating, _us, res in drows
+        Dec(0.0, urg, action, met, expected_wait_s=wait, response_s=None if ms is None else ms / 1000.0,
+            residency=res, first_token_s=None if ft is None else ft / 1000.0)
+        for action, _task, urg, _model, met, wait, ms, _rating, _us, res, ft in drows
     ]
     loads = [Load(0.0, kind) for kind, *_ in lrows]
     spans = [Span(rid, float(a), float(b), mib) for rid, mib, a, b in srows]
@@ -137,7 +138,7 @@ def compute_hour(h0: dt.datetime, h1: dt.datetime | None = None, now: dt.datetim
     dcounts: Counter = Counter()
     ratings: dict[str, list] = {}
     us_values = []
-    for action, task, urg, model, _met, _exp, _ms, rating, us, _res in drows:
+    for action, task, urg, model, _met, _wait, _ms, rating, us, _res, _ft in drows:
         dcounts[f"{action or 'none'}|{task}|{urg}|{model or ''}"] += 1
         us_values.append(us)
         if rating is not None and model is not None:
@@ -314,9 +315,10 @@ def _notes(mv: metrics.MetricValue) -> str:
     d = mv.detail
     if mv.name == metrics.P95:
         if mv.value is None:
-            return "no data: no interactive (critical or interactive) decision with a response time"
-        return (f"{d['reported']} reported response times, {d['estimated']} expected (no outcome reported)"
-                f"; source {d['source']}; {d['unknown']} without either left out")
+            return "no data: no interactive (critical or interactive) decision with a time to first token"
+        return (f"time to first token: {d['first_token']} reported first-token times, {d['response']} reported "
+                f"response times (an upper bound: no first-token time), {d['estimated']} expected waits (no "
+                f"outcome reported); source {d['source']}; {d['unknown']} without any left out")
     if mv.value is None:
         return "no data"
     if mv.name == metrics.LOADS_PER_HOUR:

@@ -20,7 +20,6 @@ def _pct(sorted_vals: list[float], p: float) -> float | None:
 def summarize(res: SimResult) -> dict:
     decisions = [
         metrics.DecisionRec(at=s.req.arrival_s, urgency=s.req.urgency, action=s.action, met_floor=s.met_floor,
-                            expected_response_s=s.expected_response_s,
                             response_s=s.response_s if s.action is not None else None,
                             residency=s.residency, task_type=s.req.task_type, model=s.model)
         for s in res.served
