@@ -8,7 +8,6 @@ Residency is the one table of current state: what is where right now.
 from __future__ import annotations
 
 import datetime as dt
-import zoneinfo
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
@@ -16,6 +15,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 from simple_history.models import HistoricalRecords
+
+from models_registry.profile import window_open  # one definition: the live windows and the replay
 
 MIB_PER_GB = 1024
 ZERO_TO_ONE = [MinValueValidator(0.0), MaxValueValidator(1.0)]
@@ -240,16 +241,7 @@ class PreloadWindow(models.Model):
 
     def is_active(self, at: dt.datetime) -> bool:
         """Whether the window is open at the aware datetime `at` (wrapping past midnight)."""
-        if not self.enabled:
-            return False
-        local = at.astimezone(zoneinfo.ZoneInfo(self.timezone))
-        t, day = local.time(), local.weekday()
-        if self.start_time < self.end_time:
-            return day in self.days_of_week and self.start_time <= t < self.end_time
-        # Wraps midnight: the part after midnight belongs to the previous day's window.
-        if t >= self.start_time:
-            return day in self.days_of_week
-        return t < self.end_time and (day - 1) % 7 in self.days_of_week
+        return self.enabled and window_open(self.days_of_week, self.start_time, self.end_time, self.timezone, at)
 
 
 # --------------------------------------------------------------------------- state and history
@@ -563,3 +555,4 @@ class SloHourlyRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H}:00 ({self.decisions} decisions)"
+
