@@ -556,3 +556,45 @@ class SloHourlyRollup(models.Model):
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H}:00 ({self.decisions} decisions)"
 
+
+# --------------------------------------------------------------------------- trace replay
+
+
+class ReplayRun(models.Model):
+    """One `manage.py replay` run (models_registry/replay/): what was replayed on which profiles,
+    each (profile, policy)'s summary, the printed table; its plots are ReplayPlot rows (PNG bytes
+    served by the console: no CDN, no MEDIA storage to set up)."""
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    trace = models.CharField(max_length=500)
+    profile = models.CharField(max_length=500)
+    mapping = models.CharField(max_length=200, blank=True)
+    time_scale = models.FloatField(default=1.0)
+    sample = models.FloatField(default=1.0)
+    seed = models.IntegerField(default=1)
+    start = models.DateTimeField(null=True, blank=True, help_text="wall-clock time of the trace's start (preloads)")
+    policies = ArrayField(models.CharField(max_length=40), default=list)
+    what_if = models.JSONField(default=list, blank=True, help_text='[{"file", "kind", "name", "changes"?}]')
+    requests = models.PositiveIntegerField(default=0)
+    summaries = models.JSONField(default=list, help_text='[{"profile": label, "policy": name, "slo": ..., ...}]')
+    table = models.TextField(blank=True)
+    wall_s = models.FloatField(default=0.0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"replay #{self.pk}: {self.trace} ({self.requests} requests)"
+
+
+class ReplayPlot(models.Model):
+    run = models.ForeignKey(ReplayRun, on_delete=models.CASCADE, related_name="plots")
+    name = models.CharField(max_length=100)  # e.g. wait_cdf.png
+    png = models.BinaryField()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["run", "name"], name="replayplot_run_name")]
+
+    def __str__(self) -> str:
+        return f"{self.name} of replay #{self.run_id}"

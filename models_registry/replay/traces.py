@@ -99,6 +99,19 @@ def read_trace(path: str | Path) -> list[TraceRow]:
     return rows
 
 
+def trace_origin(path: str | Path) -> dt.datetime | None:
+    """The wall-clock time of a trace's virtual time 0 when the file carries one (the Azure
+    2023 CSVs' TIMESTAMP, UTC: their first row), else None (the merged file, Mooncake and
+    TowerOps CSVs count seconds from an unnamed start)."""
+    path = Path(path)
+    with path.open(newline="") as f:
+        header = [h.strip() for h in f.readline().strip().split(",")]
+        if header[:3] != ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]:
+            return None
+        firsts = [_azure_ts(r[0]) for r in csv.reader(f) if r]
+    return dt.datetime.fromtimestamp(min(firsts), dt.timezone.utc) if firsts else None
+
+
 def _read_mooncake(f, path: Path) -> list[TraceRow]:
     rows = []
     for n, line in enumerate(f, 1):
