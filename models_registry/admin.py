@@ -133,3 +133,14 @@ class SloHourlyRollupAdmin(ReadOnlyAdmin):
     list_display = ("hour", "decisions", "fallbacks", "met_floor", "loads", "computed_at", "dirty_at")
     date_hierarchy = "hour"
     show_full_result_count = False
+
+
+@admin.register(m.ReplayRun)
+class ReplayRunAdmin(ReadOnlyAdmin):
+    """Stored `manage.py replay` runs (the console shows them at /replay/); delete old ones here."""
+
+    list_display = ("id", "created_at", "trace", "profile", "mapping", "sample", "seed", "requests")
+    exclude = ("summaries",)
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser

@@ -17,3 +17,10 @@ urlpatterns = [
     path("catalog/<int:model_id>/<int:task_id>/", views.update_score, name="update_score"),
     path("slo/", views.slo, name="slo"),
 ]
+
+# trace replay (#7): stored `manage.py replay` runs
+urlpatterns += [
+    path("replay/", views.replay_runs, name="replay_runs"),
+    path("replay/<int:pk>/", views.replay_run, name="replay_run"),
+    path("replay/<int:pk>/plots/<str:name>", views.replay_plot, name="replay_plot"),
+]
