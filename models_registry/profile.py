@@ -209,9 +209,6 @@ class PreloadWindowSpec(_Strict):
     def day_numbers(self) -> list[int]:
         return sorted({DAY_NAMES.index(d) for d in self.days})
 
-    def is_active(self, at: dt.datetime) -> bool:
-        return self.enabled and window_open(self.day_numbers, self.start, self.end, self.timezone, at)
-
 
 class Profile(_Strict):
     version: Literal[1] = 1

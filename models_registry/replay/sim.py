@@ -79,6 +79,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from models_registry import metrics
+from models_registry.profile import window_open
 from models_registry.policy import (
     ModelView,
     ResidentView,
@@ -371,9 +372,11 @@ class TowerOpsPolicy(Policy):
 
     def __init__(self, world: World, profile, start: dt.datetime | None = None):
         super().__init__(world, profile, start)
-        self.windows = sorted((w for w in profile.preload_windows if w.enabled), key=lambda w: w.name)
         local = {m.tag for m in world.models if m.kind == "local" and m.enabled}
-        self.window_models = {w.name: sorted(t for t in w.models if t in local) for w in self.windows}
+        # (days, start, end, zone, models) of the enabled windows by name, models by tag: as
+        # tasks.desired_warm_set orders them; window_open is the live definition.
+        self.windows = [(tuple(w.day_numbers), w.start, w.end, w.timezone, sorted(t for t in w.models if t in local))
+                        for w in sorted((w for w in profile.preload_windows if w.enabled), key=lambda w: w.name)]
         self.pinned = {m.tag for m in world.models if m.pinned}
         self.next_tick = INF
         self.first = 0.0
@@ -390,9 +393,9 @@ class TowerOpsPolicy(Policy):
         """tasks.desired_warm_set at the wall-clock time of virtual ``t``."""
         at = self.start + dt.timedelta(seconds=t)
         out: list[str] = []
-        for w in self.windows:
-            if w.is_active(at):
-                for tag in self.window_models[w.name]:
+        for days, start, end, zone, tags in self.windows:
+            if window_open(days, start, end, zone, at):
+                for tag in tags:
                     if tag not in out:
                         out.append(tag)
         return out

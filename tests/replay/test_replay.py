@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import math
 import random
 import time
 from pathlib import Path
@@ -285,11 +286,34 @@ def test_regression_on_azure_traces(capsys):
     # 1,200 t/s) to 4.6 s (qwen2.5-coder:7b, 900 t/s) for such a prompt at the default 20x prefill
     # speed, and Ollama serves one request at a time per model. Even the clairvoyant reference (every
     # model warm, each request to the earliest first token) misses it; with prefill at 35x (the fast
-    # end of the published ratios) towerops meets it (next test). If this assertion fails because
+    # end of the published ratios) towerops meets it (next test); and the code requests alone, on
+    # the two code models, already use up the p95's allowance (below). If this assertion fails because
     # the p95 went under 5 s, the README's table is stale: update it and make this a pass.
     known_miss = t[metrics.P95]["value"]
     assert t[metrics.P95]["met"] is False and 5.0 < known_miss <= 6.5, known_miss
     assert c[metrics.P95]["met"] is False and c[metrics.P95]["value"] <= known_miss
+    # The code requests alone, on the two models that meet their floor, each to the earliest first
+    # token, already use up every request the p95 may leave above 5 s.
+    assert _code_only_over_5s(reqs, load_profile_file(TOWER)) >= len(reqs) - math.ceil(0.95 * len(reqs))
+
+
+def _code_only_over_5s(reqs, profile) -> int:
+    """How many code requests wait more than 5 s for their first token when every model meeting the
+    code floor serves code alone (FIFO, one at a time, no loads) and each goes to the earliest first
+    token: a greedy estimate, not a proof."""
+    floor = next(t.quality_floor for t in profile.task_types if t.name == "code_generation")
+    num_ctx = profile.hosts[0].endpoints[0].num_ctx
+    largest_gpu = max(g.total_gb - g.reserved_gb for h in profile.hosts for g in h.gpus)
+    free = {m.tag: 0.0 for m in profile.models  # qwen2.5-coder:7b and deepseek-coder-v2:16b on the Tower
+            if m.kind == "local" and m.quality.get("code_generation", 0) >= floor and m.vram_gb <= largest_gpu}
+    models = {m.tag: m for m in profile.models}
+    over = 0
+    for r in (r for r in reqs if r.task_type == "code_generation"):
+        first, tag = min((max(r.arrival_s, free[t]) + min(r.input_tokens, num_ctx) / models[t].prefill_tps, t)
+                         for t in free)
+        free[tag] = first + r.output_tokens / models[tag].tokens_per_s
+        over += first - r.arrival_s > 5.0
+    return over
 
 
 def test_regression_what_if_the_prefill_is_35x_generation(capsys):
