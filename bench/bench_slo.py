@@ -58,13 +58,13 @@ def db_exists(base: str) -> bool:
 
 def drop_db(base: str) -> None:
     with admin_connect(base) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        c.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
 
 
 def create_db(base: str, url: str) -> None:
     drop_db(base)
     with admin_connect(base) as c:
-        c.execute(f"CREATE DATABASE {BENCH_DB}")
+        c.execute(f'CREATE DATABASE "{BENCH_DB}"')
     env = {**os.environ, "DATABASE_URL": url}
     for cmd in (["migrate", "-v0"], ["load_profile", str(ROOT / "profiles" / "tower.yaml")]):
         subprocess.run([PYTHON, str(ROOT / "manage.py"), *cmd], env=env, check=True, cwd=ROOT,
@@ -245,6 +245,7 @@ def median_ms(fn, calls: int) -> tuple[float, float]:
 
 
 def main() -> None:
+    global BENCH_DB
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--decisions", type=int, default=10_000_000)
     p.add_argument("--loads", type=int, default=1_000_000)
@@ -253,7 +254,11 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=7)
     p.add_argument("--reuse", action="store_true", help="keep the filled database if it exists")
     p.add_argument("--drop", action="store_true", help="drop the bench database and exit")
+    p.add_argument("--db", default=BENCH_DB, help=f"the bench database's name (default {BENCH_DB})")
     args = p.parse_args()
+    if not args.db.replace("_", "").isalnum():
+        sys.exit("--db: letters, digits and _ only")
+    BENCH_DB = args.db
 
     base = os.environ.get("DATABASE_URL")
     if not base:

@@ -381,6 +381,7 @@ class TowerOpsPolicy(Policy):
         self.next_tick = INF
         self.first = 0.0
         self._last_wanted: list[str] | None = None
+        self._last_residents: set = set()
         self._cooling = False
         self.preload_log: list[tuple[float, str, str]] = []  # (t, "load"/"skip"/"cool", tag)
 
@@ -405,8 +406,9 @@ class TowerOpsPolicy(Policy):
         tower = self.tower
         tower.advance(t)
         wanted = self.wanted(t)
-        if t < self.first and wanted == self._last_wanted and not self._cooling:
-            return  # before the trace nothing else moves: the same warm set changes nothing
+        if (t < self.first and wanted == self._last_wanted and not self._cooling
+                and self._last_residents == tower.residents.keys()):
+            return  # before the trace, with the same warm set and residents, a tick changes nothing
         self._last_wanted = wanted
         protect = tuple(wanted)
         for tag in wanted:
@@ -430,6 +432,7 @@ class TowerOpsPolicy(Policy):
                 self.preload_log.append((t, "cool", r.model.tag))
             else:
                 self._cooling = True  # to be cooled at a later tick
+        self._last_residents = set(tower.residents)
 
     def _ticks_until(self, now: float) -> None:
         while self.next_tick <= now:
