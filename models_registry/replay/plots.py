@@ -10,6 +10,9 @@ from .sim import SimResult
 PLOTS = ("wait_cdf.png", "loads_per_hour.png", "vram.png")
 
 
+STYLES = ("-", "--", "-.", ":")  # lines that coincide (identical runs) stay visible
+
+
 def _label(label: str, r: SimResult) -> str:
     return f"{r.policy} @ {label}" if label else r.policy
 
@@ -26,13 +29,15 @@ def write_plots(results: list[SimResult] | list[tuple[str, SimResult]], out: Pat
     paths = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for label, r in pairs:
+    for i, (label, r) in enumerate(pairs):
         ttft = sorted(s.ttft_s for s in r.served if s.action is not None)
         if ttft:
             n = len(ttft)
-            ax.step(ttft, [(i + 1) / n for i in range(n)], where="post", label=_label(label, r))
+            ax.step(ttft, [(k + 1) / n for k in range(n)], where="post", label=_label(label, r),
+                    linestyle=STYLES[i % len(STYLES)])
     ax.axvline(5.0, color="grey", linestyle=":", label="5 s (interactive p95 target)")
     ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0)
     ax.set(xlabel="time to first token (s): the wait before the answer starts", ylabel="share of requests",
            title="Time to first token, CDF")
     ax.legend(fontsize="small")
@@ -42,21 +47,22 @@ def write_plots(results: list[SimResult] | list[tuple[str, SimResult]], out: Pat
 
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / max(1, len(pairs))
+    hours = max((int(r.end // 3600) + 1 for _, r in pairs), default=1)
     for i, (label, r) in enumerate(pairs):
-        hours = int(r.end // 3600) + 1
         counts = [0] * hours
         for e in r.loads:
             if e.kind == "load" and 0 <= e.at < hours * 3600:
                 counts[int(e.at // 3600)] += 1
-        ax.bar([h + i * width for h in range(hours)], counts, width, label=_label(label, r))
-    ax.set(xlabel="hour of the replay", ylabel="loads", title="Loads per hour")
+        ax.bar([h - 0.4 + (i + 0.5) * width for h in range(hours)], counts, width, label=_label(label, r))
+    ax.set_xticks(range(hours))
+    ax.set(xlabel="hour of the replay", ylabel="loads (during the trace)", title="Loads per hour")
     ax.legend(fontsize="small")
     paths.append(out / PLOTS[1])
     fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for label, r in pairs:
+    for i, (label, r) in enumerate(pairs):
         xs, ys, last = [0.0], [0.0], 0.0
         for t, mib in r.vram_samples:
             if t <= 0:  # the state the trace starts with
@@ -67,7 +73,7 @@ def write_plots(results: list[SimResult] | list[tuple[str, SimResult]], out: Pat
             last = mib / 1024
         xs.append(r.end)
         ys.append(last)
-        ax.plot([x / 60 for x in xs], ys, label=_label(label, r))
+        ax.plot([x / 60 for x in xs], ys, label=_label(label, r), linestyle=STYLES[i % len(STYLES)])
     for usable in sorted({r.usable_mib for _, r in pairs}):
         ax.axhline(usable / 1024, color="grey", linestyle=":", label=f"usable {usable / 1024:.1f} GiB")
     ax.set(xlabel="minutes", ylabel="VRAM held (GiB, all GPUs)", title="VRAM over time")
