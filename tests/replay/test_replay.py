@@ -7,7 +7,6 @@ import copy
 import datetime as dt
 import math
 import random
-import time
 from pathlib import Path
 
 import pytest
