@@ -286,6 +286,12 @@ class Tower:
             self.spans.append(metrics.Span(r.key, r.load_start, None, sum(m for _, m in r.vram_by_gpu)))
 
 
+def _zone(name: str):
+    import zoneinfo
+
+    return zoneinfo.ZoneInfo(name)
+
+
 _RESIDENT_FIELDS = tuple(f.name for f in dataclasses.fields(ResidentView))
 _new = object.__new__
 
@@ -436,8 +442,30 @@ class TowerOpsPolicy(Policy):
 
     def _ticks_until(self, now: float) -> None:
         while self.next_tick <= now:
-            self.tick(self.next_tick)
-            self.next_tick += PRELOAD_TICK_S
+            t = self.next_tick
+            self.tick(t)
+            self.next_tick = t + PRELOAD_TICK_S
+            if self.next_tick < self.first and not self._cooling:
+                # Before the trace a tick can only do something once a window opens or closes or a
+                # model expires: jump to the first tick on the grid at or after that.
+                due = min(self._next_edge(self.next_tick), self.tower._heap[0][0] if self.tower._heap else INF)
+                if due > self.next_tick:
+                    steps = math.ceil((min(due, self.first) - self.next_tick) / PRELOAD_TICK_S)
+                    self.next_tick += steps * PRELOAD_TICK_S
+
+    def _next_edge(self, t: float) -> float:
+        """The first virtual time >= t at which some window's local start or end time falls."""
+        at = self.start + dt.timedelta(seconds=t)
+        best = INF
+        for _days, start, end, zone, _tags in self.windows:
+            tz = _zone(zone)
+            day = at.astimezone(tz).date()
+            for d in (day, day + dt.timedelta(days=1)):
+                for clock in (start, end):
+                    edge = (dt.datetime.combine(d, clock, tzinfo=tz) - self.start).total_seconds()
+                    if t <= edge < best:
+                        best = edge
+        return best
 
     def handle(self, req: Request) -> Served:
         now = req.arrival_s
