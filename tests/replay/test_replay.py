@@ -404,3 +404,27 @@ def test_replay_command_bad_input_names_the_option(options, message):
     with pytest.raises(CommandError) as err:
         call_command("replay", **kwargs)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("keep_alive", ["-1m", "10m"])
+def test_warm_up_jumps_give_the_same_run_as_a_tick_a_minute(monkeypatch, keep_alive):
+    """Before the trace the preload ticks jump to the next window edge or expiry; a tick every
+    minute must give the same loads and outcomes (a Berlin window crosses the 2026-03-29 DST change)."""
+    from models_registry.replay import sim
+
+    data, _ = load_base(TOWER)
+    for e in data["hosts"][0]["endpoints"]:
+        e["keep_alive"] = keep_alive
+    data["preload_windows"].append({"name": "lunch", "days": ["mon", "sun"], "start": "12:30", "end": "13:10",
+                                    "timezone": "Europe/Berlin", "models": ["mistral:7b", "tinyllama"]})
+    profile = parse_profile(data)
+    reqs = _merged(sample=0.005, seed=4)
+    start = dt.datetime(2026, 3, 30, 0, 30, tzinfo=dt.timezone.utc)
+
+    def run():
+        res = simulate(profile, reqs, "towerops", start=start)
+        return [(e.kind, e.model, round(e.at, 6)) for e in res.loads], [(s.model, s.first_token) for s in res.served]
+
+    jumped = run()
+    monkeypatch.setattr(sim.TowerOpsPolicy, "_next_edge", lambda self, t: t)
+    assert run() == jumped
