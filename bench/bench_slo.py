@@ -9,7 +9,7 @@
 2. Generates, with COPY (psycopg `cursor.copy`), over the last --days days up to now:
    decisions (uniform in time; 40 % interactive, 10 % critical; 4 % fallbacks; 96 % met
    the floor; decision_us log-normal; each served decision points at the residency its
-   endpoint held then), outcomes for 10 % of them (with a rating for half), load events
+   endpoint held then), outcomes for 10 % of them (with a rating for half, a first-token time for the other half), load events
    (70 % load, 15 % evict, 10 % unload, 5 % fail), back-to-back residencies per endpoint
    (5–120 min each) and GPU snapshots. Decision rows are narrow: no candidates/input_state
    JSON (the reports never read it; production rows are wider on disk).
@@ -58,13 +58,13 @@ def db_exists(base: str) -> bool:
 
 def drop_db(base: str) -> None:
     with admin_connect(base) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        c.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
 
 
 def create_db(base: str, url: str) -> None:
     drop_db(base)
     with admin_connect(base) as c:
-        c.execute(f"CREATE DATABASE {BENCH_DB}")
+        c.execute(f'CREATE DATABASE "{BENCH_DB}"')
     env = {**os.environ, "DATABASE_URL": url}
     for cmd in (["migrate", "-v0"], ["load_profile", str(ROOT / "profiles" / "tower.yaml")]):
         subprocess.run([PYTHON, str(ROOT / "manage.py"), *cmd], env=env, check=True, cwd=ROOT,
@@ -179,11 +179,13 @@ def generate(url: str, args) -> dict:
             for i in range(1, args.decisions + 1, 10):
                 at = t0 + (i - 0.5) * step
                 rating = f"{rnd.random():.3f}" if i % 20 == 1 else "\\N"
-                yield f"{i}\t{ts(at + 5)}\t{int(rnd.lognormvariate(7.5, 0.7))}\tt\t{rating}\n"
+                response_ms = int(rnd.lognormvariate(7.5, 0.7))
+                first = str(int(response_ms * rnd.random())) if i % 20 == 11 else "\\N"  # half stream
+                yield f"{i}\t{ts(at + 5)}\t{response_ms}\t{first}\tt\t{rating}\n"
 
         counts["outcomes"] = copy_lines(
-            cur, "COPY models_registry_decisionoutcome (decision_id, reported_at, response_ms, success, rating)"
-            " FROM STDIN", outcomes())
+            cur, "COPY models_registry_decisionoutcome (decision_id, reported_at, response_ms, first_token_ms,"
+            " success, rating) FROM STDIN", outcomes())
 
         kinds = ["load"] * 70 + ["evict"] * 15 + ["unload"] * 10 + ["fail"] * 5
         lstep = span / args.loads
@@ -243,6 +245,7 @@ def median_ms(fn, calls: int) -> tuple[float, float]:
 
 
 def main() -> None:
+    global BENCH_DB
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--decisions", type=int, default=10_000_000)
     p.add_argument("--loads", type=int, default=1_000_000)
@@ -251,7 +254,11 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=7)
     p.add_argument("--reuse", action="store_true", help="keep the filled database if it exists")
     p.add_argument("--drop", action="store_true", help="drop the bench database and exit")
+    p.add_argument("--db", default=BENCH_DB, help=f"the bench database's name (default {BENCH_DB})")
     args = p.parse_args()
+    if not args.db.replace("_", "").isalnum():
+        sys.exit("--db: letters, digits and _ only")
+    BENCH_DB = args.db
 
     base = os.environ.get("DATABASE_URL")
     if not base:

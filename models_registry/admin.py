@@ -105,7 +105,7 @@ class SelectionDecisionAdmin(ReadOnlyAdmin):
 
 @admin.register(m.DecisionOutcome)
 class DecisionOutcomeAdmin(ReadOnlyAdmin):
-    list_display = ("decision", "reported_at", "response_ms", "success", "rating")
+    list_display = ("decision", "reported_at", "first_token_ms", "response_ms", "success", "rating")
 
 
 @admin.register(m.LoadEvent)
@@ -133,3 +133,14 @@ class SloHourlyRollupAdmin(ReadOnlyAdmin):
     list_display = ("hour", "decisions", "fallbacks", "met_floor", "loads", "computed_at", "dirty_at")
     date_hierarchy = "hour"
     show_full_result_count = False
+
+
+@admin.register(m.ReplayRun)
+class ReplayRunAdmin(ReadOnlyAdmin):
+    """Stored `manage.py replay` runs (the console shows them at /replay/); delete old ones here."""
+
+    list_display = ("id", "created_at", "trace", "profile", "mapping", "sample", "seed", "requests")
+    exclude = ("summaries",)
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser

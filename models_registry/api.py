@@ -110,6 +110,7 @@ def _outcome_out(o: m.DecisionOutcome) -> dict:
     return {
         "decision_id": o.decision_id,
         "response_ms": o.response_ms,
+        "first_token_ms": o.first_token_ms,
         "success": o.success,
         "rating": o.rating,
         "reported_at": o.reported_at,
@@ -127,9 +128,11 @@ def get_decision(request, decision_id: int):
 
 @router.post("/decisions/{decision_id}/outcome", response={200: OutcomeOut, **ERRORS})
 def report_outcome(request, decision_id: int, payload: OutcomeIn):
-    """What actually happened: feeds the response-time SLO and observed quality. Reporting again replaces it."""
+    """What actually happened: feeds the interactive p95 (time to first token: `first_token_ms` when given,
+    else `response_ms` as an upper bound) and observed quality. Reporting again replaces it."""
     require(request, "select")
-    outcome = services.record_outcome(decision_id, payload.response_ms, payload.success, payload.rating)
+    outcome = services.record_outcome(decision_id, payload.response_ms, payload.success, payload.rating,
+                                      first_token_ms=payload.first_token_ms)
     if outcome is None:
         raise services.NotFound(f"no decision {decision_id}")
     return _outcome_out(outcome)

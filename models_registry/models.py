@@ -8,7 +8,6 @@ Residency is the one table of current state: what is where right now.
 from __future__ import annotations
 
 import datetime as dt
-import zoneinfo
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
@@ -16,6 +15,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 from simple_history.models import HistoricalRecords
+
+from models_registry.profile import window_open  # one definition: the live windows and the replay
 
 MIB_PER_GB = 1024
 ZERO_TO_ONE = [MinValueValidator(0.0), MaxValueValidator(1.0)]
@@ -251,16 +252,7 @@ class PreloadWindow(models.Model):
 
     def is_active(self, at: dt.datetime) -> bool:
         """Whether the window is open at the aware datetime `at` (wrapping past midnight)."""
-        if not self.enabled:
-            return False
-        local = at.astimezone(zoneinfo.ZoneInfo(self.timezone))
-        t, day = local.time(), local.weekday()
-        if self.start_time < self.end_time:
-            return day in self.days_of_week and self.start_time <= t < self.end_time
-        # Wraps midnight: the part after midnight belongs to the previous day's window.
-        if t >= self.start_time:
-            return day in self.days_of_week
-        return t < self.end_time and (day - 1) % 7 in self.days_of_week
+        return self.enabled and window_open(self.days_of_week, self.start_time, self.end_time, self.timezone, at)
 
 
 # --------------------------------------------------------------------------- state and history
@@ -412,6 +404,8 @@ class DecisionOutcome(models.Model):
     decision = models.OneToOneField(SelectionDecision, on_delete=models.CASCADE, related_name="outcome")
     reported_at = models.DateTimeField()
     response_ms = models.PositiveIntegerField()
+    # Time to first token as the caller saw it (streaming): the interactive p95's first source.
+    first_token_ms = models.PositiveIntegerField(null=True, blank=True)
     success = models.BooleanField()
     rating = models.FloatField(null=True, blank=True, validators=ZERO_TO_ONE)
 
@@ -419,6 +413,10 @@ class DecisionOutcome(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=Q(rating__isnull=True) | (Q(rating__gte=0) & Q(rating__lte=1)), name="outcome_rating_0_1"
+            ),
+            models.CheckConstraint(
+                condition=Q(first_token_ms__isnull=True) | Q(first_token_ms__lte=F("response_ms")),
+                name="outcome_first_token_le_response",
             ),
         ]
 
@@ -507,7 +505,7 @@ class SloTarget(models.Model):
     """
 
     class Name(models.TextChoices):
-        INTERACTIVE_P95_S = "interactive_p95_s", "interactive response p95 (s)"
+        INTERACTIVE_P95_S = "interactive_p95_s", "interactive time-to-first-token p95 (s)"
         LOADS_PER_HOUR = "loads_per_hour", "model loads per hour"
         VRAM_EFFICIENCY = "vram_efficiency", "VRAM efficiency (fraction)"
         QUALITY_MET = "quality_met", "quality threshold met (fraction)"
@@ -549,6 +547,7 @@ class SloHourlyRollup(models.Model):
     decisions = models.PositiveIntegerField(default=0)
     fallbacks = models.PositiveIntegerField(default=0)
     met_floor = models.PositiveIntegerField(default=0)
+    interactive_first_token = models.PositiveIntegerField(default=0)
     interactive_observed = models.PositiveIntegerField(default=0)
     interactive_estimated = models.PositiveIntegerField(default=0)
     interactive_unknown = models.PositiveIntegerField(default=0)
@@ -579,3 +578,46 @@ class SloHourlyRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H}:00 ({self.decisions} decisions)"
+
+
+# --------------------------------------------------------------------------- trace replay
+
+
+class ReplayRun(models.Model):
+    """One `manage.py replay` run (models_registry/replay/): what was replayed on which profiles,
+    each (profile, policy)'s summary, the printed table; its plots are ReplayPlot rows (PNG bytes
+    served by the console: no CDN, no MEDIA storage to set up)."""
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    trace = models.CharField(max_length=500)
+    profile = models.CharField(max_length=500)
+    mapping = models.CharField(max_length=200, blank=True)
+    time_scale = models.FloatField(default=1.0)
+    sample = models.FloatField(default=1.0)
+    seed = models.IntegerField(default=1)
+    start = models.DateTimeField(null=True, blank=True, help_text="wall-clock time of the trace's start (preloads)")
+    policies = ArrayField(models.CharField(max_length=40), default=list)
+    what_if = models.JSONField(default=list, blank=True, help_text='[{"file", "kind", "name", "changes"?}]')
+    requests = models.PositiveIntegerField(default=0)
+    summaries = models.JSONField(default=list, help_text='[{"profile": label, "policy": name, "slo": ..., ...}]')
+    table = models.TextField(blank=True)
+    wall_s = models.FloatField(default=0.0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"replay #{self.pk}: {self.trace} ({self.requests} requests)"
+
+
+class ReplayPlot(models.Model):
+    run = models.ForeignKey(ReplayRun, on_delete=models.CASCADE, related_name="plots")
+    name = models.CharField(max_length=100)  # e.g. wait_cdf.png
+    png = models.BinaryField()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["run", "name"], name="replayplot_run_name")]
+
+    def __str__(self) -> str:
+        return f"{self.name} of replay #{self.run_id}"

@@ -145,10 +145,17 @@ def _ns_to_s(value: Any) -> float | None:
 
 
 def _keep_alive_json(keep_alive: Any) -> Any:
-    """What goes in the ``keep_alive`` field: strings (Go durations) and numbers (seconds) as they
-    are, a timedelta as seconds."""
+    """What goes in the ``keep_alive`` field: Go duration strings and numbers (seconds) as they
+    are, a timedelta as seconds, and a numeric string ("-1", "300") as the number: Ollama's API
+    reads a JSON string as a Go duration, which needs a unit."""
     if isinstance(keep_alive, dt.timedelta):
         return keep_alive.total_seconds()
+    if isinstance(keep_alive, str):
+        try:
+            number = float(keep_alive.strip())
+        except ValueError:
+            return keep_alive
+        return int(number) if number.is_integer() else number
     return keep_alive
 
 

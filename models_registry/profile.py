@@ -15,6 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from models_registry.durations import parse_keep_alive
 from models_registry.policy.types import (
     MIB_PER_GB,
     EndpointView,
@@ -76,7 +77,27 @@ class EndpointSpec(_Strict):
     gpus: list[int] = Field(default_factory=list)  # GPU indexes on this host
     allow_split: bool = False
     num_ctx: int = Field(4096, ge=256)
+    # What TowerOps loads with: Ollama keeps a model this long after its last request. A negative
+    # duration ("-1m") keeps it until TowerOps evicts it for a model that needs the room (keep-warm).
     keep_alive: str = "30m"
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _ollama_duration(cls, value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ValueError(f"keep_alive is a duration like 30m, 1h or -1m (forever), got {value!r}")
+        try:
+            parse_keep_alive(value)
+        except ValueError:
+            raise ValueError(f"keep_alive {value!r} is not an Ollama duration (30m, 1h30m, 300, -1m for forever)")
+        return value
+
+    @property
+    def keep_alive_s(self) -> float:
+        """Seconds; math.inf for a negative (forever) keep_alive."""
+        return parse_keep_alive(self.keep_alive)
 
 
 class HostSpec(_Strict):
@@ -117,6 +138,9 @@ class ModelSpec(_Strict):
     context_length: int = Field(4096, ge=0)
     load_s: float = Field(0, ge=0)
     tokens_per_s: float = Field(30, gt=0)
+    # Prompt processing (prefill) speed; used by the replay only (a live selection does not say
+    # how long its prompt is). Default: PREFILL_PER_DECODE × tokens_per_s (see below).
+    prefill_tokens_per_s: float | None = Field(None, gt=0)
     remote_latency_s: float = Field(0, ge=0)
     enabled: bool = True
     pinned: bool = False
@@ -133,6 +157,34 @@ class ModelSpec(_Strict):
     @property
     def vram_mib(self) -> int:
         return gb_to_mib(self.vram_gb)
+
+    @property
+    def prefill_tps(self) -> float:
+        return self.prefill_tokens_per_s or PREFILL_PER_DECODE * self.tokens_per_s
+
+
+# Prefill (prompt processing, compute-bound) runs many times faster than generation (decode,
+# memory-bound) on the same GPU. Published llama.cpp/exllama runs put the ratio at 14-39x:
+# TinyLlama Q4_K_M on an RTX 3060 pp4096 3,982 vs tg128 279 t/s = 14x (geerlingguy/ai-benchmarks#40);
+# a 4-bit LLaMA-7B on an RTX 3060 1,423 vs 36.6 t/s = 39x (turboderp/exllama#6); LLaMA-7B Q4_0 on an
+# RX 6700 XT (ROCm) pp512 1,017 vs tg128 59 t/s = 17x (ggml-org/llama.cpp#5835); Qwen2.5-Coder-7B
+# Q4_K_M on an RX 7900 XTX (ROCm) ~3,900 vs ~112 t/s = 35x (ggml-org/llama.cpp#20934). 20x sits at
+# the slow end of those; a profile gives a model's measured figure as prefill_tokens_per_s.
+PREFILL_PER_DECODE = 20.0
+
+
+def window_open(days: list[int] | tuple[int, ...], start: dt.time, end: dt.time, timezone: str,
+                at: dt.datetime) -> bool:
+    """Whether a preload window (weekdays 0 = Monday, local start/end, may wrap midnight) is
+    open at the aware datetime `at`. The one definition: PreloadWindow.is_active and the replay."""
+    local = at.astimezone(zoneinfo.ZoneInfo(timezone))
+    t, day = local.time(), local.weekday()
+    if start < end:
+        return day in days and start <= t < end
+    # Wraps midnight: the part after midnight belongs to the previous day's window.
+    if t >= start:
+        return day in days
+    return t < end and (day - 1) % 7 in days
 
 
 class PreloadWindowSpec(_Strict):

@@ -96,11 +96,11 @@ _TALLY_FIELDS = tuple(f.name for f in dataclasses.fields(metrics.Tally))
 # the table (a sequential scan of the whole table each time, 0.4 s at 1 M outcomes).
 _DECISIONS_SQL = """
 WITH d AS MATERIALIZED (
-    SELECT id, action, task_type_id, urgency, model_id, met_floor, expected_response_s, decision_us, residency_id
+    SELECT id, action, task_type_id, urgency, model_id, met_floor, expected_wait_s, decision_us, residency_id
     FROM models_registry_selectiondecision WHERE created_at >= %s AND created_at < %s
 )
-SELECT d.action, d.task_type_id, d.urgency, d.model_id, d.met_floor, d.expected_response_s,
-       o.response_ms, o.rating, d.decision_us, d.residency_id
+SELECT d.action, d.task_type_id, d.urgency, d.model_id, d.met_floor, d.expected_wait_s,
+       o.response_ms, o.rating, d.decision_us, d.residency_id, o.first_token_ms
 FROM d
 LEFT JOIN models_registry_decisionoutcome o
        ON o.decision_id = d.id AND o.decision_id BETWEEN (SELECT min(id) FROM d) AND (SELECT max(id) FROM d)
@@ -139,7 +139,7 @@ def compute_hour(h0: dt.datetime, h1: dt.datetime | None = None, now: dt.datetim
         # One pass over the cursor, the labelled counts taken on the way, one row and one record
         # alive at a time: a full hour is ~14 k rows, and holding them all (fetchall, a list of
         # records) costs more than the tally, and ages them into full garbage collections.
-        for action, task, urg, model, met, exp, ms, rating, us, res in rows:
+        for action, task, urg, model, met, wait, ms, rating, us, res, ft in rows:
             key = (action, task, urg, model)
             labels[key] = labels.get(key, 0) + 1
             us_values.append(us)
@@ -147,7 +147,8 @@ def compute_hour(h0: dt.datetime, h1: dt.datetime | None = None, now: dt.datetim
                 r = ratings.setdefault(f"{model}|{task}", [0, 0.0])
                 r[0] += 1
                 r[1] += rating
-            yield Dec(0.0, urg, action, met, exp, None if ms is None else ms / 1000.0, res)
+            yield Dec(0.0, urg, action, met, expected_wait_s=wait, response_s=None if ms is None else ms / 1000.0,
+                      residency=res, first_token_s=None if ft is None else ft / 1000.0)
 
     t0, t1 = h0.timestamp(), h1.timestamp()
     with connection.cursor() as cur:
@@ -386,9 +387,10 @@ def _notes(mv: metrics.MetricValue) -> str:
     d = mv.detail
     if mv.name == metrics.P95:
         if mv.value is None:
-            return "no data: no interactive (critical or interactive) decision with a response time"
-        return (f"{d['reported']} reported response times, {d['estimated']} expected (no outcome reported)"
-                f"; source {d['source']}; {d['unknown']} without either left out")
+            return "no data: no interactive (critical or interactive) decision with a time to first token"
+        return (f"time to first token: {d['first_token']} reported first-token times, {d['response']} reported "
+                f"response times (an upper bound: no first-token time), {d['estimated']} expected waits (no "
+                f"outcome reported); source {d['source']}; {d['unknown']} without any left out")
     if mv.value is None:
         return "no data"
     if mv.name == metrics.LOADS_PER_HOUR:

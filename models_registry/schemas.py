@@ -63,14 +63,26 @@ class SelectOut(Schema):
 
 
 class OutcomeIn(_In):
-    response_ms: int = Field(ge=0, le=86_400_000)
+    response_ms: int = Field(ge=0, le=86_400_000, description="from the request until the whole answer was there")
+    # Declared after response_ms, so its validator sees response_ms's validated value.
+    first_token_ms: int | None = Field(None, ge=0, le=86_400_000,
+                                       description="from the request until the first token arrived (streaming)")
     success: bool
     rating: float | None = Field(None, ge=0, le=1)
+
+    @field_validator("first_token_ms")
+    @classmethod
+    def _first_token_before_the_end(cls, value, info):
+        response_ms = info.data.get("response_ms")
+        if value is not None and response_ms is not None and value > response_ms:
+            raise ValueError(f"the first token ({value} ms) cannot come after the whole response ({response_ms} ms)")
+        return value
 
 
 class OutcomeOut(Schema):
     decision_id: int
     response_ms: int
+    first_token_ms: int | None
     success: bool
     rating: float | None
     reported_at: dt.datetime

@@ -513,13 +513,19 @@ class NoRoom(DomainError):
     status = 409
 
 
-def record_outcome(decision_id: int, response_ms: int, success: bool, rating: float | None):
+def record_outcome(decision_id: int, response_ms: int, success: bool, rating: float | None,
+                   first_token_ms: int | None = None):
+    """Store (or replace) what happened to a decision. `first_token_ms`, when the caller streamed,
+    is the interactive p95's preferred source; without it `response_ms` stands in (an upper bound)."""
+    if first_token_ms is not None and first_token_ms > response_ms:
+        raise BadInput(f"first_token_ms ({first_token_ms}) cannot be more than response_ms ({response_ms})")
     created_at = m.SelectionDecision.objects.filter(pk=decision_id).values_list("created_at", flat=True).first()
     if created_at is None:
         return None
     outcome, _ = m.DecisionOutcome.objects.update_or_create(
         decision_id=decision_id,
-        defaults={"response_ms": response_ms, "success": success, "rating": rating, "reported_at": utcnow()},
+        defaults={"response_ms": response_ms, "first_token_ms": first_token_ms, "success": success,
+                  "rating": rating, "reported_at": utcnow()},
     )
     reports.mark_hour_dirty(created_at)  # a late outcome changes its hour's p95: recompute that rollup
     return outcome

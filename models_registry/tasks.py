@@ -368,12 +368,20 @@ def desired_warm_set(at: dt.datetime) -> list[str]:
 
 @shared_task
 def apply_preload_windows() -> dict:
-    """Warm what the active windows want (placed like selections); cool what an ended window warmed."""
+    """Warm what the active windows want (placed like selections); cool what an ended window warmed.
+
+    Cooling applies only on endpoints with a finite keep_alive. On a keep-warm endpoint
+    (keep_alive negative: Ollama keeps the model for ever) an ended window's model stays until a
+    selection or another window needs its VRAM (both evict idle models, least recently used
+    first): unloading it early would free VRAM nobody asked for. The replay simulates this task
+    the same way (models_registry/replay/sim.py).
+    """
+    from models_registry.durations import keeps_forever
     from models_registry.services import NoRoom, request_load, request_unload
 
     now = utcnow()
     wanted = desired_warm_set(now)
-    loaded, skipped, cooled = [], [], []
+    loaded, skipped, cooled, kept = [], [], [], []
     # Largest first: each load takes the tightest GPU, and small models placed first could
     # take the only GPU a large one fits (policy.warmset.never_fits checks windows the same way).
     size = dict(m.LlmModel.objects.filter(tag__in=wanted).values_list("tag", "vram_mib"))
@@ -388,10 +396,14 @@ def apply_preload_windows() -> dict:
     for r in m.Residency.objects.filter(state="loaded", trigger="preload").select_related("model", "endpoint"):
         busy = r.busy_until is not None and r.busy_until > now
         recently = r.last_used_at is not None and r.last_used_at > idle_since
-        if r.model.tag not in wanted and not busy and not recently and not r.model.pinned:
+        if r.model.tag in wanted or r.model.pinned:
+            continue
+        if keeps_forever(r.endpoint.keep_alive):
+            kept.append(r.model.tag)  # keep-warm: evicted on demand only
+        elif not busy and not recently:
             request_unload(r.model.tag, trigger="preload", endpoint=r.endpoint.name)
             cooled.append(r.model.tag)
-    return {"wanted": wanted, "loading": loaded, "skipped": skipped, "cooling": cooled}
+    return {"wanted": wanted, "loading": loaded, "skipped": skipped, "cooling": cooled, "kept_warm": kept}
 
 
 # --------------------------------------------------------------------------- SLO rollups and retention

@@ -16,20 +16,14 @@ urlpatterns = [
     path("catalog/", views.catalog, name="catalog"),
     path("catalog/<int:model_id>/<int:task_id>/", views.update_score, name="update_score"),
     path("slo/", views.slo, name="slo"),
-]
-
-urlpatterns += [
+    path("catalog/floor/<int:task_id>/", views.update_floor, name="update_floor"),
+    path("catalog/urgency/<int:urgency_id>/<str:field>/", views.update_urgency, name="update_urgency"),
+    path("vram/", views.vram_history, name="vram"),
     path("preload/", views.preload_windows, name="preload"),
     path("preload/new/", views.preload_edit, name="preload_new"),
     path("preload/<int:pk>/", views.preload_edit, name="preload_edit"),
     path("preload/<int:pk>/toggle/", views.preload_toggle, name="preload_toggle"),
-]
-
-urlpatterns += [
-    path("vram/", views.vram_history, name="vram"),
-]
-
-urlpatterns += [
-    path("catalog/floor/<int:task_id>/", views.update_floor, name="update_floor"),
-    path("catalog/urgency/<int:urgency_id>/<str:field>/", views.update_urgency, name="update_urgency"),
+    path("replay/", views.replay_runs, name="replay_runs"),
+    path("replay/<int:pk>/", views.replay_run, name="replay_run"),
+    path("replay/<int:pk>/plots/<str:name>", views.replay_plot, name="replay_plot"),
 ]

@@ -81,7 +81,24 @@ BAD_FILES = [
     ("duplicate tag", _bad(lambda d: d["models"].append(dict(d["models"][0]))), "models[8].tag: duplicate"),
     ("unknown urgency", _bad(lambda d: d["urgency_classes"][0].update(name="asap")), "urgency_classes[0].name"),
     ("bad zone", _bad(lambda d: d["preload_windows"][0].update(timezone="Mars/Base")), "preload_windows[0].timezone"),
+    ("bad keep_alive", _bad(lambda d: d["hosts"][0]["endpoints"][1].update(keep_alive="soon")),
+     "hosts[0].endpoints[1].keep_alive: Value error, keep_alive 'soon' is not an Ollama duration"),
+    ("zero prefill", _bad(lambda d: d["models"][2].update(prefill_tokens_per_s=0)), "models[2].prefill_tokens_per_s"),
 ]
+
+
+def test_keep_alive_and_prefill_are_read_as_ollama_and_the_replay_read_them():
+    from models_registry.profile import PREFILL_PER_DECODE, load_profile_file, parse_profile
+
+    p = load_profile_file(TOWER_PROFILE)
+    assert [e.keep_alive_s for e in p.hosts[0].endpoints] == [float("inf")] * 2  # -1m: keep warm
+    qwen = next(x for x in p.models if x.tag == "qwen2.5-coder:7b")
+    assert qwen.prefill_tokens_per_s is None and qwen.prefill_tps == PREFILL_PER_DECODE * 45 == 900
+    data = _bad(lambda d: (d["hosts"][0]["endpoints"][0].update(keep_alive="1h30m"),
+                           d["models"][2].update(prefill_tokens_per_s=1500)))
+    p = parse_profile(data)
+    assert p.hosts[0].endpoints[0].keep_alive_s == 5400
+    assert next(x for x in p.models if x.tag == "qwen2.5-coder:7b").prefill_tps == 1500
 
 
 @pytest.mark.django_db

@@ -223,8 +223,10 @@ class TowerOpsClient:
         return self._request("GET", f"/decisions/{decision_id}")
 
     def report_outcome(self, decision_id: Any, response_ms: float, success: bool,
-                       rating: int | None = None) -> Any:
+                       rating: int | None = None, first_token_ms: float | None = None) -> Any:
         body: dict[str, Any] = {"response_ms": response_ms, "success": success}
+        if first_token_ms is not None:
+            body["first_token_ms"] = first_token_ms
         if rating is not None:
             body["rating"] = rating
         return self._request("POST", f"/decisions/{decision_id}/outcome", json=body)
@@ -297,8 +299,10 @@ class AsyncTowerOpsClient:
         return await self._request("POST", f"/models/{_tag_path(tag)}/unload")
 
     async def report_outcome(self, decision_id: Any, response_ms: float, success: bool,
-                             rating: int | None = None) -> Any:
+                             rating: int | None = None, first_token_ms: float | None = None) -> Any:
         body: dict[str, Any] = {"response_ms": response_ms, "success": success}
+        if first_token_ms is not None:
+            body["first_token_ms"] = first_token_ms
         if rating is not None:
             body["rating"] = rating
         return await self._request("POST", f"/decisions/{decision_id}/outcome", json=body)

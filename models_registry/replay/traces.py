@@ -35,7 +35,7 @@ import csv
 import datetime as dt
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -97,6 +97,19 @@ def read_trace(path: str | Path) -> list[TraceRow]:
                 raise TraceError(f"{path}: unknown trace header {header}")
     rows.sort(key=lambda r: r.arrival_s)
     return rows
+
+
+def trace_origin(path: str | Path) -> dt.datetime | None:
+    """The wall-clock time of a trace's virtual time 0 when the file carries one (the Azure
+    2023 CSVs' TIMESTAMP, UTC: their first row), else None (the merged file, Mooncake and
+    TowerOps CSVs count seconds from an unnamed start)."""
+    path = Path(path)
+    with path.open(newline="") as f:
+        header = [h.strip() for h in f.readline().strip().split(",")]
+        if header[:3] != ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]:
+            return None
+        firsts = [_azure_ts(r[0]) for r in csv.reader(f) if r]
+    return dt.datetime.fromtimestamp(min(firsts), dt.timezone.utc) if firsts else None
 
 
 def _read_mooncake(f, path: Path) -> list[TraceRow]:

@@ -203,6 +203,8 @@ OUTCOME_INVALID = {
     "missing success": ({"response_ms": 10}, "success"),
     "success a list": ({"response_ms": 10, "success": [True]}, "success"),
     "extra field": ({"response_ms": 10, "success": True, "model": "x"}, "model"),
+    "negative first_token_ms": ({"response_ms": 10, "first_token_ms": -1, "success": True}, "first_token_ms"),
+    "first token after the response": ({"response_ms": 10, "first_token_ms": 11, "success": True}, "first_token_ms"),
 }
 
 

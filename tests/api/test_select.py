@@ -273,20 +273,20 @@ def test_outcome_is_stored_and_a_second_report_replaces_it(tower, api):
     did = select(api, task_type="general", urgency="critical")["decision_id"]
     url = f"/api/v1/decisions/{did}/outcome"
 
-    r = api.post(url, {"response_ms": 812, "success": True, "rating": 0.9})
+    r = api.post(url, {"response_ms": 812, "first_token_ms": 95, "success": True, "rating": 0.9})
     assert r.status_code == 200, r.content
-    assert r.json()["decision_id"] == did
+    assert r.json()["decision_id"] == did and r.json()["first_token_ms"] == 95
     o = m.DecisionOutcome.objects.get(decision_id=did)
-    assert (o.response_ms, o.success, o.rating) == (812, True, 0.9)
+    assert (o.response_ms, o.first_token_ms, o.success, o.rating) == (812, 95, True, 0.9)
 
     r = api.post(url, {"response_ms": 2000, "success": False})
     assert r.status_code == 200, r.content
     assert m.DecisionOutcome.objects.count() == 1
     o = m.DecisionOutcome.objects.get(decision_id=did)
-    assert (o.response_ms, o.success, o.rating) == (2000, False, None)
+    assert (o.response_ms, o.first_token_ms, o.success, o.rating) == (2000, None, False, None)
 
     got = api.get(f"/api/v1/decisions/{did}").json()["outcome"]
-    assert (got["response_ms"], got["success"], got["rating"]) == (2000, False, None)
+    assert (got["response_ms"], got["first_token_ms"], got["success"], got["rating"]) == (2000, None, False, None)
 
 
 def test_outcome_for_unknown_decision_is_404(tower, api):

@@ -32,18 +32,21 @@ class History:
         self.models = {x.tag: x for x in m.LlmModel.objects.all()}
         self.endpoints = {e.name: e for e in m.Endpoint.objects.all()}
 
-    def decision(self, at, *, urgency="interactive", action="use_loaded", met=True, expected=1.0,
-                 task="general", model="llama3.2:3b", residency=None, response_ms=None, rating=None,
-                 decision_us=100):
+    def decision(self, at, *, urgency="interactive", action="use_loaded", met=True, wait=1.0,
+                 task="general", model="llama3.2:3b", residency=None, response_ms=None, first_token_ms=None,
+                 rating=None, decision_us=100):
+        """A decision expecting `wait` s before generation and 10 s more for the whole answer
+        (the interactive p95 reads the wait; the response estimate must never leak into it)."""
         d = m.SelectionDecision.objects.create(
             created_at=at, task_type=self.tasks[task], urgency=urgency, action=action, met_floor=met,
-            expected_response_s=expected, expected_wait_s=0.0, model=self.models[model] if model else None,
+            expected_wait_s=wait, expected_response_s=None if wait is None else wait + 10.0,
+            model=self.models[model] if model else None,
             endpoint=self.endpoints["tower-nvidia"] if model else None, reason="test", policy_version="test",
             decision_us=decision_us, residency=residency,
         )
         if response_ms is not None:
-            m.DecisionOutcome.objects.create(decision=d, reported_at=at, response_ms=response_ms, success=True,
-                                             rating=rating)
+            m.DecisionOutcome.objects.create(decision=d, reported_at=at, response_ms=response_ms,
+                                             first_token_ms=first_token_ms, success=True, rating=rating)
         return d
 
     def load(self, at, kind="load", *, model="llama3.2:3b", endpoint="tower-nvidia", duration=3.0, decision=None):

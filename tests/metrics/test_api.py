@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from models_registry import metrics as M
+from models_registry import models as m
 from models_registry import reports
 
 from .test_reports import HOUR, history  # noqa: F401  (fixture)
@@ -20,7 +21,8 @@ def test_slo_api_shape_and_values(history, reader):  # noqa: F811
     assert list(got) == list(M.METRICS)
     assert got[M.P95]["value"] == 6.0 and got[M.P95]["met"] is False
     assert got[M.P95]["target"] == {"comparator": "lt", "value": 5.0, "enabled": True}
-    assert "reported" in got[M.P95]["notes"] and "expected" in got[M.P95]["notes"]
+    assert got[M.P95]["notes"].startswith("time to first token: 2 reported first-token times, 1 reported response")
+    assert "2 expected waits" in got[M.P95]["notes"]
     assert got[M.VRAM_EFFICIENCY]["value"] == 0.125
     assert len(got[M.FALLBACK_RATE]["series"]) == 25
 
@@ -70,8 +72,25 @@ def test_fallback_thrash_quality_routes(history, reader):  # noqa: F811
 def test_late_outcome_through_the_api_changes_the_24h_p95(history, reader, make_key, client):  # noqa: F811
     reports.rollup_range(history["h0"], history["h1"] + HOUR)
     key = make_key("select")
-    r = client.post(f"/api/v1/decisions/{history['late'].pk}/outcome", {"response_ms": 1500, "success": True},
+    # first token at 0.3 s of a 7 s answer: [0.3, 0.4, 0.5, 0.9, 2.0] -> 2.0 (7.0 had the response counted)
+    r = client.post(f"/api/v1/decisions/{history['late'].pk}/outcome",
+                    {"response_ms": 7000, "first_token_ms": 300, "success": True},
                     content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}")
     assert r.status_code == 200
+    assert (r.json()["first_token_ms"], r.json()["response_ms"]) == (300, 7000)
     got = {x["name"]: x for x in reader("/api/v1/metrics/slo").json()["metrics"]}
-    assert got[M.P95]["value"] == 3.0 and got[M.P95]["met"] is True
+    assert got[M.P95]["value"] == 2.0 and got[M.P95]["met"] is True
+    assert got[M.P95]["detail"]["first_token"] == 3
+    d = reader(f"/api/v1/decisions/{history['late'].pk}").json()
+    assert d["outcome"]["first_token_ms"] == 300
+
+
+def test_a_first_token_after_the_response_is_a_422_naming_the_field(history, make_key, client):  # noqa: F811
+    key = make_key("select")
+    r = client.post(f"/api/v1/decisions/{history['late'].pk}/outcome",
+                    {"response_ms": 1000, "first_token_ms": 1500, "success": True},
+                    content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert r.status_code == 422
+    (err,) = r.json()["detail"]
+    assert err["loc"][-1] == "first_token_ms" and "1500" in err["msg"]
+    assert not m.DecisionOutcome.objects.filter(decision=history["late"]).exists()

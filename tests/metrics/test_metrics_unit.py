@@ -31,11 +31,15 @@ def test_p95_nearest_rank_on_bucket_edges():
 
 def _hour():
     decisions = [
-        D(10, "interactive", "use_loaded", True, expected_response_s=9.0, response_s=1.0, residency="a"),
-        D(20, "interactive", "load", True, expected_response_s=2.0, residency="b"),
-        D(30, "critical", "fallback", False, expected_response_s=3.0),
-        D(40, "interactive", None, False),  # nothing could serve it: no response time
-        D(50, "batch", "wait_for_load", True, expected_response_s=500.0, residency="a"),
+        # reported first token 0.3 s of a 1.0 s answer; the expected wait (9.0) is not used
+        D(10, "interactive", "use_loaded", True, expected_wait_s=9.0, response_s=1.0, first_token_s=0.3,
+          residency="a"),
+        # reported response 2.5 s, no first-token time: the upper bound 2.5
+        D(15, "critical", "use_loaded", True, expected_wait_s=0.1, response_s=2.5, residency="a"),
+        D(20, "interactive", "load", True, expected_wait_s=2.0, residency="b"),  # no outcome: the expected wait
+        D(30, "critical", "fallback", False, expected_wait_s=3.0),
+        D(40, "interactive", None, False),  # nothing could serve it: no time at all
+        D(50, "batch", "wait_for_load", True, expected_wait_s=500.0, residency="a"),  # not interactive
     ]
     loads = [L(5, "load"), L(6, "load"), L(7, "evict"), L(8, "fail"), L(9, "unload")]
     spans = [S("a", -100.0, None, 1000.0), S("b", 1800.0, 2700.0, 2000.0), S("c", 0.0, H, 500.0)]
@@ -44,19 +48,33 @@ def _hour():
 
 def test_one_hour_by_hand():
     t = _hour()
-    assert (t.decisions, t.fallbacks, t.met_floor) == (5, 1, 3)
-    assert (t.interactive_observed, t.interactive_estimated, t.interactive_unknown) == (1, 2, 1)
+    assert (t.decisions, t.fallbacks, t.met_floor) == (6, 1, 4)
+    assert (t.interactive_first_token, t.interactive_observed, t.interactive_estimated,
+            t.interactive_unknown) == (1, 1, 2, 1)
     assert (t.loads, t.evictions, t.failures, t.unloads) == (2, 1, 1, 1)
     # a: 1000 MiB all hour, served; b: 2000 MiB for 900 s, served; c: never served -> waste
     assert t.vram_used_mib_s == 1000 * H + 2000 * 900
     assert t.vram_usable_mib_s == 4000 * H
     ev = M.evaluate(t)
-    assert ev[M.P95].value == 3.0  # latencies 1, 2, 3 -> rank ceil(2.85) = 3
-    assert ev[M.P95].detail["source"] == "mixed"
+    assert ev[M.P95].value == 3.0  # time to first token 0.3, 2.0, 2.5, 3.0 -> rank ceil(3.8) = 4th
+    assert ev[M.P95].detail == {"source": "mixed", "first_token": 1, "response": 1, "estimated": 2,
+                                "unknown": 1, "samples": 4}
     assert ev[M.LOADS_PER_HOUR].value == 2.0
     assert ev[M.VRAM_EFFICIENCY].value == pytest.approx((1000 * H + 2000 * 900) / (4000 * H))  # 0.375
-    assert ev[M.QUALITY_MET].value == 3 / 5
-    assert ev[M.FALLBACK_RATE].value == 1 / 5
+    assert ev[M.QUALITY_MET].value == 4 / 6
+    assert ev[M.FALLBACK_RATE].value == 1 / 6
+
+
+def test_time_to_first_token_sources_in_order():
+    def p95(*decisions):
+        ev = M.evaluate(M.tally_hour(0.0, H, list(decisions), [], [], 100.0))[M.P95]
+        return ev.value, ev.detail["source"]
+
+    both = dict(expected_wait_s=4.0, response_s=7.0, first_token_s=0.2)
+    assert p95(D(1, "interactive", "use_loaded", True, **both)) == (0.2, "first_token")
+    assert p95(D(1, "interactive", "use_loaded", True, expected_wait_s=4.0, response_s=7.0)) == (7.0, "response")
+    assert p95(D(1, "interactive", "use_loaded", True, expected_wait_s=4.0)) == (4.0, "estimated")
+    assert p95(D(1, "interactive", "use_loaded", True)) == (None, "none")
 
 
 def test_empty_window_is_no_data_not_zero_and_not_a_pass():
@@ -68,7 +86,7 @@ def test_empty_window_is_no_data_not_zero_and_not_a_pass():
 
 
 def test_hour_without_interactive_requests_has_no_p95_but_other_metrics():
-    t = M.tally_hour(0.0, H, [D(1, "batch", "use_loaded", True, expected_response_s=2.0)], [], [], 100.0)
+    t = M.tally_hour(0.0, H, [D(1, "batch", "use_loaded", True, expected_wait_s=2.0)], [], [], 100.0)
     ev = M.evaluate(t)
     assert ev[M.P95].value is None and ev[M.P95].detail["source"] == "none"
     assert ev[M.QUALITY_MET].value == 1.0
@@ -81,8 +99,9 @@ def test_snapshot_only_hour_is_observed_and_all_waste():
 
 
 def test_merge_is_exact_and_window_splits_hours():
-    decisions = [D(100, "interactive", "use_loaded", True, 1.0), D(H + 100, "interactive", "use_loaded", True, 4.0),
-                 D(H + 200, "interactive", "fallback", False, 2.0)]
+    decisions = [D(100, "interactive", "use_loaded", True, expected_wait_s=1.0),
+                 D(H + 100, "interactive", "use_loaded", True, expected_wait_s=4.0),
+                 D(H + 200, "interactive", "fallback", False, expected_wait_s=2.0)]
     loads = [L(50, "load"), L(H + 50, "load"), L(H + 60, "load")]
     per_hour = M.tally_window(0.0, 2 * H, decisions, loads, [], 10.0)
     assert [h for h, _ in per_hour] == [0.0, H]
@@ -116,7 +135,7 @@ def test_total_merges_column_wise_as_one_by_one():
 
 def test_vram_counts_only_in_hours_where_the_model_served():
     span = S("a", 0.0, 2 * H, 1000.0)
-    served_in_first = [D(10, "interactive", "use_loaded", True, 1.0, residency="a")]
+    served_in_first = [D(10, "interactive", "use_loaded", True, expected_wait_s=1.0, residency="a")]
     per_hour = M.tally_window(0.0, 2 * H, served_in_first, [], [span], 1000.0)
     assert [t.vram_used_mib_s for _, t in per_hour] == [1000 * H, 0.0]
     assert M.evaluate(M.Tally.total(t for _, t in per_hour))[M.VRAM_EFFICIENCY].value == 0.5

@@ -2,8 +2,11 @@
 
 Hour H0 (5 hours ago) and H1 (4 hours ago), usable VRAM 24576 MiB:
 
-H0  interactive: outcomes 1.0 s, 2.0 s, 3.0 s (missed its floor); one without outcome, expected 6.0 s
-    critical:    expected 0.5 s
+H0  interactive: outcomes with a first token at 0.4 s (response 1.0 s), response 2.0 s only (no
+                 first-token time: an upper bound), first token 0.9 s (response 3.0 s; missed its
+                 floor); one without outcome, expected wait 6.0 s
+    critical:    expected wait 0.5 s
+    (every decision also expects 10 s of generation after its wait: never part of the p95)
     background:  5 decisions, one a fallback (missed its floor); batch: 1 load decision
     -> 11 decisions, 9 met the floor
     loads: 2 load (one asked by the batch decision), 1 evict, 1 fail
@@ -12,8 +15,9 @@ H1  2 background decisions served by R1 (both met); R1 ends at H1+30 min; no int
 
 R1 was requested 10 min before H0: the hour before H0 is observed too (R1 resident, serving nobody).
 
-24 h window: p95 of [0.5, 1, 2, 3, 6] = 6.0 (5th of 5); 13 decisions, 1 fallback, 11 met;
-2 loads over 3 observed hours = 0.667/h; VRAM (6144·3600 + 6144·1800) / (24576·3·3600) = 0.125.
+24 h window: time-to-first-token p95 of [0.4, 0.5, 0.9, 2.0, 6.0] = 6.0 (5th of 5; 2 first-token,
+1 response, 2 estimated); 13 decisions, 1 fallback, 11 met; 2 loads over 3 observed hours = 0.667/h;
+VRAM (6144·3600 + 6144·1800) / (24576·3·3600) = 0.125.
 """
 from __future__ import annotations
 
@@ -39,23 +43,24 @@ def history(rig):
     r1 = rig.residency(h0 - 10 * MIN, h1 + 30 * MIN, 6144, model="qwen2.5-coder:7b")
     rig.residency(h0 + 30 * MIN, h1, 4096, model="llama3.2:3b", endpoint="tower-amd")
     d = rig.decision
-    d(h0 + 1 * MIN, response_ms=1000, expected=9.0, residency=r1, model="qwen2.5-coder:7b", rating=0.9)
-    d(h0 + 2 * MIN, response_ms=2000, expected=9.0, residency=r1, model="qwen2.5-coder:7b", rating=0.7)
-    d(h0 + 3 * MIN, response_ms=3000, expected=9.0, met=False)
-    late = d(h0 + 4 * MIN, expected=6.0)
-    d(h0 + 5 * MIN, urgency="critical", expected=0.5)
+    d(h0 + 1 * MIN, response_ms=1000, first_token_ms=400, wait=9.0, residency=r1, model="qwen2.5-coder:7b",
+      rating=0.9)
+    d(h0 + 2 * MIN, response_ms=2000, wait=9.0, residency=r1, model="qwen2.5-coder:7b", rating=0.7)
+    d(h0 + 3 * MIN, response_ms=3000, first_token_ms=900, wait=9.0, met=False)
+    late = d(h0 + 4 * MIN, wait=6.0)
+    d(h0 + 5 * MIN, urgency="critical", wait=0.5)
     for i in range(5):
-        d(h0 + (10 + i) * MIN, urgency="background", expected=30.0,
+        d(h0 + (10 + i) * MIN, urgency="background", wait=30.0,
           action="fallback" if i == 0 else "use_loaded", met=i != 0,
           model="remote:gpt-4o-mini" if i == 0 else "llama3.2:3b",
           task="code_generation")
-    loader = d(h0 + 20 * MIN, urgency="batch", expected=40.0, action="load", task="analysis")
+    loader = d(h0 + 20 * MIN, urgency="batch", wait=40.0, action="load", task="analysis")
     rig.load(h0 + 20 * MIN, "load", decision=loader, duration=12.0)
     rig.load(h0 + 25 * MIN, "load", duration=4.0)
     rig.load(h0 + 26 * MIN, "evict", duration=1.0)
     rig.load(h0 + 27 * MIN, "fail", duration=None)
-    d(h1 + 5 * MIN, urgency="background", expected=30.0, residency=r1, model="qwen2.5-coder:7b")
-    d(h1 + 6 * MIN, urgency="background", expected=30.0, residency=r1, model="qwen2.5-coder:7b")
+    d(h1 + 5 * MIN, urgency="background", wait=30.0, residency=r1, model="qwen2.5-coder:7b")
+    d(h1 + 6 * MIN, urgency="background", wait=30.0, residency=r1, model="qwen2.5-coder:7b")
     return {"h0": h0, "h1": h1, "late": late, "rig": rig}
 
 
@@ -66,7 +71,8 @@ def values(report):
 def test_24h_window_by_hand(history):
     r = values(reports.slo_report("24h"))
     assert r[M.P95]["value"] == 6.0
-    assert r[M.P95]["detail"] == {"source": "mixed", "reported": 3, "estimated": 2, "unknown": 0, "samples": 5}
+    assert r[M.P95]["detail"] == {"source": "mixed", "first_token": 2, "response": 1, "estimated": 2, "unknown": 0,
+                                  "samples": 5}
     assert r[M.P95]["met"] is False
     assert r[M.QUALITY_MET]["value"] == pytest.approx(11 / 13)  # 13 decisions, 2 missed the floor
     assert r[M.FALLBACK_RATE]["value"] == pytest.approx(1 / 13)
@@ -112,18 +118,39 @@ def test_late_outcome_recomputes_its_hour(history):
     reports.mark_hour_dirty(late.created_at)  # what record_outcome will call
     row = m.SloHourlyRollup.objects.get(hour=history["h0"])
     assert row.dirty_at is not None
-    # read from raw rows at once: [0.5, 1, 1.5, 2, 3] -> 3.0
+    # read from raw rows at once: the late 1.5 s response (no first token) replaces the 6.0 s
+    # expected wait: [0.4, 0.5, 0.9, 1.5, 2.0] -> 2.0
     report = reports.slo_report("24h")
-    assert values(report)[M.P95]["value"] == 3.0
-    assert values(report)[M.P95]["detail"]["reported"] == 4
+    assert values(report)[M.P95]["value"] == 2.0
+    assert values(report)[M.P95]["detail"]["response"] == 2
+    assert values(report)[M.P95]["detail"]["estimated"] == 1
     assert history["h0"] in reports.hours_to_roll()
     reports.rollup_due()
     row.refresh_from_db()
     assert row.dirty_at is None
+    assert row.interactive_first_token == 2 and row.interactive_observed == 2 and row.interactive_estimated == 1
     report = reports.slo_report("24h")
-    assert values(report)[M.P95]["value"] == 3.0
+    assert values(report)[M.P95]["value"] == 2.0
     assert values(report)[M.P95]["met"] is True
     assert history["h0"] not in reports.hours_to_roll()
+
+
+def test_a_first_token_time_is_preferred_to_the_response_time(history):
+    # Reported again with the first token at 0.3 s of a 7 s answer: the TTFT is 0.3 s, not 7 s:
+    # [0.3, 0.4, 0.5, 0.9, 2.0] -> 2.0 (with the response time it would be [.., 2.0, 7.0] -> 7.0).
+    late = history["late"]
+    services.record_outcome(late.pk, 7000, True, None, first_token_ms=300)
+    r = values(reports.slo_report("24h"))[M.P95]
+    assert r["value"] == 2.0
+    assert (r["detail"]["first_token"], r["detail"]["response"], r["detail"]["estimated"]) == (3, 1, 1)
+    services.record_outcome(late.pk, 7000, True, None)  # reported again without it: the upper bound
+    assert values(reports.slo_report("24h"))[M.P95]["value"] == 7.0
+
+
+def test_a_first_token_after_the_response_is_refused(history):
+    with pytest.raises(services.BadInput, match="first_token_ms"):
+        services.record_outcome(history["late"].pk, 1000, True, None, first_token_ms=1001)
+    assert not m.DecisionOutcome.objects.filter(decision=history["late"]).exists()
 
 
 def test_mark_hour_dirty_without_rollup_and_for_the_current_hour(history):

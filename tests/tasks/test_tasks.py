@@ -24,7 +24,7 @@ from models_registry.simulator import SimulatedTower
 
 ROOT = Path(__file__).resolve().parents[2]
 TOWER_PROFILE = ROOT / "profiles" / "tower.yaml"
-SCALE = 100  # a 6.8 s load takes 68 ms, a 30m keep-alive 18 s
+SCALE = 100  # a 6.8 s load takes 68 ms, a 30m keep-alive 18 s (the Tower's endpoints keep warm: -1m)
 AMD, NVIDIA = "tower-amd", "tower-nvidia"  # on GPUs tower/0 (15 GB usable) and tower/1 (11.06 GB)
 UTC = dt.UTC
 WEDNESDAY_10 = dt.datetime(2025, 1, 8, 10, 0, tzinfo=UTC)  # inside "coding hours" (Mon-Fri 09-17 UTC)
@@ -188,8 +188,9 @@ def test_execute_load_moves_requested_to_loaded_records_the_event_and_learns_the
     assert tasks.execute_load(rid).startswith("loaded llama3.2:3b on tower-nvidia")
     r = m.Residency.objects.get(pk=rid)
     assert r.state == "loaded" and r.loaded_at <= r.ready_at
-    # the expiry comes from /api/ps: the endpoint's 30m keep-alive, 18 s at this time scale
-    assert r.expires_at is not None and 5 < (r.expires_at - tasks.utcnow()).total_seconds() < 60
+    # the expiry comes from /api/ps: the Tower's endpoints keep models warm (keep_alive -1m),
+    # which Ollama reports as ~292 years ahead
+    assert r.expires_at is not None and (r.expires_at - tasks.utcnow()) > dt.timedelta(days=365 * 100)
     assert ops.sim.loaded(NVIDIA) == {"llama3.2:3b": "loaded"}
     (first,) = m.LoadEvent.objects.filter(residency=r)
     assert (first.kind, first.trigger, first.gpu_keys, first.vram_mib) == ("load", "admin", ["tower/1"], 2560)
@@ -511,6 +512,8 @@ def test_prune_snapshots_thins_old_rows_only(fleet):
 
 
 def test_a_preload_window_warms_its_models_and_cools_them_once_idle(ops, clock):
+    # Cooling is for endpoints with a finite keep_alive (the Tower's keep warm: next test).
+    m.Endpoint.objects.update(keep_alive="30m")
     clock.set(WEDNESDAY_10)
     wanted = ["deepseek-coder-v2:16b", "qwen2.5-coder:7b"]
     assert tasks.desired_warm_set(tasks.utcnow()) == wanted
@@ -555,6 +558,36 @@ def test_a_preload_window_warms_its_models_and_cools_them_once_idle(ops, clock):
     ops.run(ops.take())
     assert m.Residency.objects.get(pk=qwen.pk).state == "unloaded"
     assert ops.sim.loaded(AMD) == {} and ops.sim.loaded(NVIDIA) == {}
+
+
+def test_on_keep_warm_endpoints_an_ended_windows_models_stay_until_a_load_needs_their_room(ops, clock):
+    assert set(m.Endpoint.objects.values_list("keep_alive", flat=True)) == {"-1m"}  # the Tower's
+    clock.set(WEDNESDAY_10)
+    ops.committed(tasks.apply_preload_windows)
+    ops.run(ops.take())
+    # best fit: deepseek (8704 MiB) on the NVIDIA GPU (11325 usable), qwen (4608) on the AMD one
+    warm = {r.model.tag: r for r in m.Residency.objects.filter(state="loaded").select_related("model", "endpoint")}
+    assert {t: r.endpoint.name for t, r in warm.items()} == {"deepseek-coder-v2:16b": NVIDIA,
+                                                             "qwen2.5-coder:7b": AMD}
+
+    # The window has ended and both are idle for long: kept, nothing queued, still in Ollama.
+    clock.set(WEDNESDAY_17_30)
+    m.Residency.objects.update(last_used_at=tasks.utcnow() - dt.timedelta(minutes=30))
+    out = ops.committed(tasks.apply_preload_windows)
+    assert out["wanted"] == [] and out["cooling"] == []
+    assert sorted(out["kept_warm"]) == ["deepseek-coder-v2:16b", "qwen2.5-coder:7b"]
+    assert ops.take() == []
+    assert ops.sim.loaded(NVIDIA) == {"deepseek-coder-v2:16b": "loaded"}
+    assert ops.sim.loaded(AMD) == {"qwen2.5-coder:7b": "loaded"}
+
+    # A load that needs the NVIDIA GPU's room (mistral, 5222 MiB; 2621 free) evicts deepseek then.
+    result = ops.committed(services.request_load, "mistral:7b", trigger="admin", endpoint=NVIDIA)
+    assert result["detail"] == "loading on tower-nvidia after evicting deepseek-coder-v2:16b"
+    ops.run(ops.take())
+    assert ops.sim.loaded(NVIDIA) == {"mistral:7b": "loaded"}
+    assert m.Residency.objects.get(pk=warm["deepseek-coder-v2:16b"].pk).state == "unloaded"
+    assert m.Residency.objects.get(pk=warm["qwen2.5-coder:7b"].pk).state == "loaded"
+    assert_never_overcommitted(ops.sim)
 
 
 def test_a_preload_window_never_overcommits_nor_evicts_a_busy_model(ops, clock):

@@ -180,7 +180,9 @@ def test_outcome(rec):
     rec.routes[("POST", "/api/v1/decisions/42/outcome")] = (200, {"ok": True})
     with TowerOpsClient("http://t", "k", transport=httpx.MockTransport(rec)) as client:
         assert client.report_outcome(42, 812.5, True, rating=5) == {"ok": True}
-    assert rec.last_json == {"response_ms": 812.5, "success": True, "rating": 5}
+        assert rec.last_json == {"response_ms": 812.5, "success": True, "rating": 5}
+        client.report_outcome(42, 900, True, first_token_ms=120)
+    assert rec.last_json == {"response_ms": 900, "first_token_ms": 120, "success": True}
 
 
 @pytest.mark.parametrize("status, body, detail", [

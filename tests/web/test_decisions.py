@@ -62,10 +62,14 @@ def test_the_detail_shows_every_candidate_and_why_it_lost(viewer_client, decisio
 
 @pytest.mark.django_db
 def test_the_detail_shows_a_reported_outcome(viewer_client, decisions):
-    m.DecisionOutcome.objects.create(decision=decisions[0], reported_at=timezone.now(), response_ms=812,
-                                     success=True, rating=0.9)
+    o = m.DecisionOutcome.objects.create(decision=decisions[0], reported_at=timezone.now(), response_ms=812,
+                                         success=True, rating=0.9)
     html = viewer_client.get(reverse("console:decision_detail", args=[decisions[0].pk])).content.decode()
-    assert "812 ms" in html and "rating 0.9" in html
+    assert "812 ms" in html and "rating 0.9" in html and "first token" not in html
+    o.first_token_ms = 140
+    o.save()
+    html = viewer_client.get(reverse("console:decision_detail", args=[decisions[0].pk])).content.decode()
+    assert "first token 140 ms · 812 ms" in html
 
 
 @pytest.mark.django_db
