@@ -137,12 +137,7 @@ def top_up(url: str, now: float) -> dict:
                                   "to_timestamp(%s) - interval '1 day'", [t0]).fetchone()[0]
         snaps_per_s = cur.execute("SELECT count(*) / 86400.0 FROM models_registry_gpusnapshot WHERE taken_at > "
                                   "to_timestamp(%s) - interval '1 day'", [t0]).fetchone()[0]
-        tasks = [r[0] for r in cur.execute("SELECT id FROM models_registry_tasktype ORDER BY id")]
-        models = cur.execute("SELECT id, kind, vram_mib FROM models_registry_llmmodel ORDER BY id").fetchall()
-        local = [(i, v) for i, k, v in models if k == "local" and v <= 11000]
-        remote = [i for i, k, v in models if k == "remote"] or [models[0][0]]
-        eps = [r[0] for r in cur.execute("SELECT id FROM models_registry_endpoint ORDER BY id")]
-        gpus = cur.execute("SELECT id, total_mib FROM models_registry_gpu ORDER BY id").fetchall()
+        tasks, local, remote, eps, gpus = bench_slo.catalog_ids(cur)
         active: dict[int, list] = {e: [] for e in eps}
         for rid, model, e in cur.execute(
                 "SELECT id, model_id, endpoint_id FROM models_registry_residency"

@@ -91,6 +91,18 @@ def copy_lines(cur, sql: str, lines) -> int:
     return n
 
 
+def catalog_ids(cur):
+    """The imported profile's ids the generated rows point at: task types, local models that fit
+    the smaller GPU (id, MiB), remote models, endpoints and GPUs (id, total MiB)."""
+    tasks = [r[0] for r in cur.execute("SELECT id FROM models_registry_tasktype ORDER BY id")]
+    models = cur.execute("SELECT id, kind, vram_mib FROM models_registry_llmmodel ORDER BY id").fetchall()
+    local = [(i, v) for i, k, v in models if k == "local" and v <= 11000]
+    remote = [i for i, k, v in models if k == "remote"] or [models[0][0]]
+    eps = [r[0] for r in cur.execute("SELECT id FROM models_registry_endpoint ORDER BY id")]
+    gpus = cur.execute("SELECT id, total_mib FROM models_registry_gpu ORDER BY id").fetchall()
+    return tasks, local, remote, eps, gpus
+
+
 def generate(url: str, args) -> dict:
     import psycopg
 
@@ -100,12 +112,7 @@ def generate(url: str, args) -> dict:
     span = now - t0
     counts = {}
     with psycopg.connect(url) as conn, conn.cursor() as cur:
-        tasks = [r[0] for r in cur.execute("SELECT id FROM models_registry_tasktype ORDER BY id")]
-        models = cur.execute("SELECT id, kind, vram_mib FROM models_registry_llmmodel ORDER BY id").fetchall()
-        local = [(i, v) for i, k, v in models if k == "local" and v <= 11000]
-        remote = [i for i, k, v in models if k == "remote"] or [models[0][0]]
-        eps = [r[0] for r in cur.execute("SELECT id FROM models_registry_endpoint ORDER BY id")]
-        gpus = cur.execute("SELECT id, total_mib FROM models_registry_gpu ORDER BY id").fetchall()
+        tasks, local, remote, eps, gpus = catalog_ids(cur)
 
         # residencies: back-to-back per endpoint, two lanes each (a small and a large model)
         res_rows, timeline = [], {e: [] for e in eps}

@@ -298,8 +298,10 @@ def _catalog_context(errors: dict | None = None) -> dict:
                 c["value"], c["error"] = errors[("score", (c["model"].id, c["task"].id))]
     urgencies = list(m.UrgencyClass.objects.all())
     for u in urgencies:
-        u.cells = [{"u": u, "field": f, "value": getattr(u, f), "raw": errors.get((f, u.id), (None, None))[0],
-                    "error": errors.get((f, u.id), (None, None))[1]} for f in ("patience_s", "wait_weight")]
+        u.cells = []
+        for f in ("patience_s", "wait_weight"):
+            raw, error = errors.get((f, u.id), (None, None))
+            u.cells.append({"u": u, "field": f, "value": getattr(u, f), "raw": raw, "error": error})
     return {"tasks": tasks, "grid": grid, "urgencies": urgencies, "history": _config_history()}
 
 

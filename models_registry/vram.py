@@ -58,23 +58,24 @@ def _raw_buckets(gpu_id: int, ranges: list[tuple[dt.datetime, dt.datetime]], buc
         return {b: (float(avg), mx) for b, avg, mx in cur.fetchall()}
 
 
-def _event_buckets(endpoint_ids: list[int], start: dt.datetime, end: dt.datetime, bucket: dt.timedelta,
-                   origin: dt.datetime) -> dict:
-    """{bucket start: [loads, unloads]} of LoadEvents on these endpoints (raw rows)."""
-    if not endpoint_ids:
+def _event_buckets(endpoint_ids: list[int], ranges: list[tuple[dt.datetime, dt.datetime]],
+                   bucket: dt.timedelta, origin: dt.datetime) -> dict:
+    """{bucket start: [loads, unloads]} of LoadEvents on these endpoints in the time ranges (raw rows)."""
+    if not endpoint_ids or not ranges:
         return {}
+    # A load finishing in a range may have been requested up to an hour before it.
+    where = " OR ".join("(requested_at >= %s AND requested_at < %s)" for _ in ranges)
     with connection.cursor() as cur:
         cur.execute(
-            """SELECT date_bin(%s, coalesce(finished_at, requested_at), %s) b, kind, count(*)
-               FROM models_registry_loadevent
-               WHERE requested_at >= %s AND requested_at < %s AND endpoint_id = ANY(%s)
-                 AND kind IN ('load', 'unload', 'evict')
-               GROUP BY b, kind""",
-            [bucket, origin, start - HOUR, end, endpoint_ids],
+            f"""SELECT date_bin(%s, coalesce(finished_at, requested_at), %s) b, kind, count(*)
+                FROM models_registry_loadevent
+                WHERE endpoint_id = ANY(%s) AND kind IN ('load', 'unload', 'evict') AND ({where})
+                GROUP BY b, kind""",
+            [bucket, origin, endpoint_ids] + [t for a, b in ranges for t in (a - HOUR, b)],
         )
         out: dict = {}
         for b, kind, n in cur.fetchall():
-            if start <= b < end:
+            if any(a <= b < e for a, e in ranges):
                 out.setdefault(b, [0, 0])[0 if kind == "load" else 1] += n
         return out
 
@@ -99,7 +100,7 @@ def history(gpu: m.Gpu, window: str, now: dt.datetime) -> dict:
         origin = now.replace(hour=0, minute=0, second=0, microsecond=0)
         start = origin + ((now - length) - origin) // bucket * bucket
         points = _raw_buckets(gpu.id, [(start, now)], bucket)
-        events = _event_buckets(endpoint_ids, start, now, bucket, origin)
+        events = _event_buckets(endpoint_ids, [(start, now)], bucket, origin)
         sources = {"raw snapshots": len(points)}
     else:
         current = now.replace(minute=0, second=0, microsecond=0)
@@ -130,8 +131,7 @@ def history(gpu: m.Gpu, window: str, now: dt.datetime) -> dict:
         missing.append(current)
         ranges = _merge_ranges(missing)
         points.update(_raw_buckets(gpu.id, ranges, bucket))
-        for a, b in ranges:
-            events.update(_event_buckets(endpoint_ids, a, min(b, now), bucket, a))
+        events.update(_event_buckets(endpoint_ids, [(a, min(b, now)) for a, b in ranges], bucket, start))
         sources = {"hourly rollups": len(by_hour), "raw hours": len(missing)}
     xs = sorted(set(points) | set(events))
     used = [points[x][0] if x in points else None for x in xs]
@@ -140,7 +140,7 @@ def history(gpu: m.Gpu, window: str, now: dt.datetime) -> dict:
     unloads = [used[i] if events.get(x, (0, 0))[1] else None for i, x in enumerate(xs)]
     return {
         "x": [int(x.timestamp()) for x in xs], "used": used, "max": peak,
-        "usable_mib": gpu.total_mib - gpu.reserved_mib, "total_mib": gpu.total_mib,
+        "usable_mib": gpu.usable_mib, "total_mib": gpu.total_mib,
         "loads": loads, "unloads": unloads,
         "load_count": sum(c[0] for c in events.values()), "unload_count": sum(c[1] for c in events.values()),
         "sources": sources, "bucket_s": int(bucket.total_seconds()),
