@@ -7,7 +7,8 @@ counts. Memory is in MiB (2**20 bytes). Pure Python, no Django: a Celery task on
 queue calls ``read_all()`` and stores the readings.
 
 NVIDIA: ``pynvml`` (package nvidia-ml-py) is imported inside ``read_nvidia`` so that importing
-this module never needs it. ``index`` is NVML's index (the CUDA order unless
+this module never needs it. Memory comes from NVML's version-2 call, whose ``used`` leaves out the
+driver's reservation, as nvidia-smi does. ``index`` is NVML's index (the CUDA order unless
 CUDA_DEVICE_ORDER differs), ``uuid`` NVML's ``GPU-...``.
 
 AMD: ``/sys/class/drm/card<N>/device`` with ``vendor`` 0x1002 (``cardN-<connector>`` entries are
@@ -88,7 +89,7 @@ def read_nvidia() -> list[GpuReading]:
 
 def _read_nvidia_device(pynvml, i: int, nvml_error) -> GpuReading:
     handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-    mem = pynvml.nvmlDeviceGetMemoryInfo(handle)  # bytes
+    mem = _memory_info(pynvml, handle, nvml_error)  # bytes
 
     def optional(fn, *args):
         try:
@@ -115,6 +116,22 @@ def _read_nvidia_device(pynvml, i: int, nvml_error) -> GpuReading:
         temperature_c=float(temp) if temp is not None else None,
         power_w=power_mw / 1000.0 if power_mw is not None else None,
     )
+
+
+def _memory_info(pynvml, handle, nvml_error):
+    """NVML's memory info, version 2 where the driver has it.
+
+    Version 1 counts the driver's own reservation as used: an idle H100 reads 480 MiB used
+    where nvidia-smi says 0 (seen on a real one, tests/gpu). Version 2 reports that reservation
+    apart, so ``used`` is what processes hold, as nvidia-smi shows it; ``free`` is the same in both.
+    """
+    v2 = getattr(pynvml, "nvmlMemory_v2", None)
+    if v2 is not None:
+        try:
+            return pynvml.nvmlDeviceGetMemoryInfo(handle, version=v2)
+        except (nvml_error, TypeError):  # a driver before R510 lacks the v2 call
+            pass
+    return pynvml.nvmlDeviceGetMemoryInfo(handle)
 
 
 # --------------------------------------------------------------------------- AMD

@@ -23,8 +23,12 @@ class FakeLibraryNotFound(FakeNVMLError):
     pass
 
 
-def fake_pynvml(gpus: list[dict], *, init_error: Exception | None = None) -> types.ModuleType:
-    """A stand-in for nvidia-ml-py's ``pynvml`` with the calls the collector makes."""
+def fake_pynvml(gpus: list[dict], *, init_error: Exception | None = None, memory_v2: bool = True,
+                driver_has_v2: bool = True) -> types.ModuleType:
+    """A stand-in for nvidia-ml-py's ``pynvml`` with the calls the collector makes.
+
+    A GPU's ``reserved`` bytes (the driver's own) count as used in the version-1 memory info
+    and apart in version 2, as on a real H100 (tests/gpu/test_nvml_real.py)."""
     mod = types.ModuleType("pynvml")
     state = {"init": 0, "shutdown": 0}
     mod.state = state
@@ -49,8 +53,21 @@ def fake_pynvml(gpus: list[dict], *, init_error: Exception | None = None) -> typ
     mod.nvmlShutdown = shutdown
     mod.nvmlDeviceGetCount = lambda: len(gpus)
     mod.nvmlDeviceGetHandleByIndex = lambda i: i
-    mod.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(
-        total=gpus[h]["total"], used=gpus[h]["used"], free=gpus[h]["total"] - gpus[h]["used"])
+    if memory_v2:
+        mod.nvmlMemory_v2 = 0x02000028
+
+    def memory_info(h, version=None):
+        g = gpus[h]
+        reserved = g.get("reserved", 0)
+        free = g["total"] - g["used"] - reserved
+        if version is None:
+            return types.SimpleNamespace(total=g["total"], used=g["used"] + reserved, free=free)
+        assert version == 0x02000028
+        if not driver_has_v2:
+            raise FakeNVMLError("Function Not Found")
+        return types.SimpleNamespace(version=version, total=g["total"], reserved=reserved, free=free, used=g["used"])
+
+    mod.nvmlDeviceGetMemoryInfo = memory_info
     mod.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=field(h, "util"), memory=10)
 
     def temperature(h, sensor):
@@ -85,6 +102,26 @@ def test_nvml_reads_every_gpu(monkeypatch):
     assert fake.state == {"init": 1, "shutdown": 1}
 
 
+H100_IDLE = dict(name="NVIDIA H100 80GB HBM3", uuid="GPU-660c", total=81559 * MIB, used=0, reserved=480 * MIB,
+                 util=0, temp=33, power_mw=71_661)
+
+
+def test_nvml_used_leaves_out_the_drivers_reservation(monkeypatch):
+    """An idle H100: nvidia-smi says 0 MiB used, NVML's v1 call says 480. The collector reports 0."""
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([H100_IDLE]))
+    [reading] = read_nvidia()
+    assert (reading.total_mib, reading.used_mib, reading.free_mib) == (81559, 0, 81079)
+
+
+@pytest.mark.parametrize("bindings_have_v2, driver_has_v2", [(False, True), (True, False)])
+def test_nvml_falls_back_to_the_version_1_memory_call(monkeypatch, bindings_have_v2, driver_has_v2):
+    fake = fake_pynvml([H100_IDLE], memory_v2=bindings_have_v2, driver_has_v2=driver_has_v2)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    [reading] = read_nvidia()
+    # Version 1 counts the reservation as used; free is the same either way.
+    assert (reading.used_mib, reading.free_mib) == (480, 81079)
+
+
 def test_nvml_library_missing_returns_empty(monkeypatch):
     fake = fake_pynvml([RTX3060], init_error=FakeLibraryNotFound("NVML Shared Library Not Found"))
     monkeypatch.setitem(sys.modules, "pynvml", fake)
@@ -100,7 +137,7 @@ def test_nvml_gpu_that_fails_is_skipped_not_fatal(monkeypatch):
     broken = dict(RTX3060, uuid="GPU-dead")
     fake = fake_pynvml([broken, RTX3060])
 
-    def memory(h):
+    def memory(h, version=None):
         if h == 0:
             raise FakeNVMLError("GPU is lost")
         return types.SimpleNamespace(total=RTX3060["total"], used=RTX3060["used"],
