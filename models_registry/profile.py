@@ -138,8 +138,9 @@ class ModelSpec(_Strict):
     context_length: int = Field(4096, ge=0)
     load_s: float = Field(0, ge=0)
     tokens_per_s: float = Field(30, gt=0)
-    # Prompt processing (prefill) speed; used by the replay only (a live selection does not say
-    # how long its prompt is). Default: PREFILL_PER_DECODE × tokens_per_s (see below).
+    # Prompt processing (prefill) speed: a request that gives its prompt's length (input_tokens)
+    # waits this long for its first token, in the policy and the replay alike.
+    # Default: PREFILL_PER_DECODE × tokens_per_s (see below).
     prefill_tokens_per_s: float | None = Field(None, gt=0)
     remote_latency_s: float = Field(0, ge=0)
     enabled: bool = True
@@ -238,6 +239,7 @@ class Profile(_Strict):
                         key=ep.name,
                         gpus=tuple(gpu_key(host.name, i) for i in ep.gpus),
                         allow_split=ep.allow_split,
+                        num_ctx=ep.num_ctx,
                     )
                 )
         models = tuple(
@@ -247,6 +249,7 @@ class Profile(_Strict):
                 vram_mib=m.vram_mib,
                 load_s=m.load_s,
                 tokens_per_s=m.tokens_per_s,
+                prefill_tokens_per_s=m.prefill_tps if m.kind == "local" else 0.0,
                 quality=dict(m.quality),
                 enabled=m.enabled,
                 pinned=m.pinned,

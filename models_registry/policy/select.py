@@ -10,6 +10,7 @@ For the request's task type T and urgency class U:
 * floor    = max(T.quality_floor, request.min_quality)
 * patience = request.max_wait_s if given, else U.patience_s
 * tokens   = request.expected_output_tokens if given, else T.default_output_tokens
+* prompt   = request.input_tokens if given, else 0
 
 Every enabled local model gets one candidate, at its best placement on an up endpoint:
   - already ``loaded`` there   -> action use_loaded,    wait = busy_s when known (the time
@@ -20,6 +21,14 @@ Every enabled local model gets one candidate, at its best placement on an up end
     (fits = VRAM need <= free VRAM after evicting idle, unpinned models, LRU first;
     a model too big for any one GPU may split across the GPUs of one endpoint with
     allow_split: tokens/s * params.split_throughput_factor; see placement.py)
+  - resident, but its best wait above is longer than a load (and U is not critical): also a copy loaded on
+    another endpoint where it fits (action load, as above); the better score of the two
+    wins, the resident on a tie. Ollama serves one request at a time per model and server,
+    so a second copy is a second queue; it is loaded only when waiting for the first
+    costs more than loading it.
+  wait += min(prompt, endpoint num_ctx) / (prefill_tokens_per_s, × the split factor when
+    split) -- the prompt is read before the first token; Ollama truncates it to num_ctx.
+    So wait is the time to the first token.
   expected_response_s = wait + tokens / tokens_per_s
 
     score = quality[T]
@@ -50,7 +59,7 @@ from __future__ import annotations
 from .placement import Tower
 from .types import Candidate, Decision, SelectionRequest, World
 
-POLICY_VERSION = "2026.11-1"
+POLICY_VERSION = "2026.11-2"  # -2: prompt prefill in the wait; copies on another endpoint
 
 INF = float("inf")
 
@@ -131,6 +140,7 @@ def select(world: World, request: SelectionRequest) -> Decision:
     tokens = request.expected_output_tokens
     if tokens is None:
         tokens = task.default_output_tokens
+    prompt = request.input_tokens or 0
     w = urg.wait_weight
     penalty = urg.eviction_penalty
     params = world.params
@@ -165,10 +175,11 @@ def select(world: World, request: SelectionRequest) -> Decision:
         if ep.allow_split and len(lv) > 1:
             reach = max(reach, sum_max_free - params.split_overhead_mib)
         levels.append((ep, lv, most_free, reach))
+    ctx = {e.key: e.num_ctx for e in up_eps} if prompt else None
+    # Critical requests never wait for a load while an acceptable model is loaded: no copies.
+    copies = not urg.use_loaded_if_acceptable
 
-    # need (MiB) -> (plans, best plan when the load time is the same everywhere); a plan is
-    # (eviction cost, number of evictions, MiB left over, endpoint, gpus, evictions, split),
-    # so plans compare natively, cheapest first (endpoint keys are unique).
+    # need (MiB) -> (plans, best plan when the load time is the same everywhere): _plans.
     by_need: dict[int, tuple] = {}
     nofit: dict[int, str] = {}
     rows: list[list] = []
@@ -193,7 +204,7 @@ def select(world: World, request: SelectionRequest) -> Decision:
                 score = qv - w * wait
                 remotes.append([_REMOTE, -score, -qv, wait, tag, "", idx, qv, score, wait,
                                 wait + (tokens / tps if tps > 0 else 0.0), "fallback", None, (),
-                                (), _REMOTE_REASON, meets])
+                                (), _REMOTE_REASON, meets, 0.0])
             else:
                 rows.append([_OFF, INF, -qv, INF, tag, "", idx, qv, None, None, None, None,
                              None, (), (), "disabled", meets])
@@ -204,6 +215,7 @@ def select(world: World, request: SelectionRequest) -> Decision:
                          (), (), why, meets])
             continue
         tps = m.tokens_per_s
+        first_copy = None  # (endpoint, wait, action) of the resident when a copy elsewhere wins
         rs = present.get(tag)
         if rs is not None:
             # Already resident: use it, or wait for the load in progress (shared).
@@ -227,29 +239,34 @@ def select(world: World, request: SelectionRequest) -> Decision:
             ep_key = r.endpoint
             gpus = r.gpus
             evs = ()
+            split = len(gpus) > 1
+            pre = _prefill(m, prompt, ctx[ep_key], split_factor if split else 1.0) if prompt else 0.0
+            wait += pre
             score = qv - w * wait
-            speed = tps * split_factor if len(gpus) > 1 else tps
+            copy = None
+            if copies and len(levels) > len(rs) and wait - pre > _fastest_load_s(m):
+                # A second queue may be worth a load (module docstring): the best copy elsewhere.
+                hosting = {x.endpoint for x in rs}
+                plans = [p for p in _plans(m.vram_mib, by_need, levels, tower, penalty)[0]
+                         if p[3] not in hosting]
+                for p in plans:
+                    cpre = _prefill(m, prompt, ctx[p[3]], split_factor if p[6] else 1.0) if prompt else 0.0
+                    cwait = m.load_s_on(p[3]) + cpre
+                    cscore = qv - w * cwait - p[0]
+                    if cscore > score and (copy is None or (-cscore, p) < (-copy[0], copy[1])):
+                        copy = (cscore, p, cwait, cpre)
+            if copy is not None:
+                first_copy = (ep_key, wait - pre, action)
+                score, plan, wait, pre = copy
+                action = "load"
+                ep_key = plan[3]
+                gpus = plan[4]
+                evs = plan[5]
+                split = plan[6]
+            speed = tps * split_factor if split else tps
         else:
             need = m.vram_mib
-            entry = by_need.get(need)
-            if entry is None:
-                plans = []
-                for ep, lv, most, reach in levels:
-                    if need <= most:
-                        for f, g in lv:
-                            if f >= need:
-                                plans.append((0.0, 0, f - need, ep.key, (g,), (), False))
-                                break
-                    elif need <= reach:
-                        plan = tower.plan_on_endpoint(ep, need)
-                        if plan is not None:
-                            vram_by_gpu, evicted, rec, split, left = plan
-                            plans.append((penalty * rec, len(evicted), left, ep.key,
-                                          tuple(g for g, _ in vram_by_gpu),
-                                          tuple(tower.eviction(r) for r in evicted), split))
-                entry = (plans, min(plans) if plans else None)
-                by_need[need] = entry
-            plans, plan = entry
+            plans, plan = _plans(need, by_need, levels, tower, penalty)
             if plan is None:
                 why = nofit.get(need)
                 if why is None:
@@ -280,24 +297,32 @@ def select(world: World, request: SelectionRequest) -> Decision:
             ep_key = plan[3]
             gpus = plan[4]
             evs = plan[5]
+            pre = 0.0
+            if prompt:
+                pre = _prefill(m, prompt, ctx[ep_key], split_factor if plan[6] else 1.0)
+                wait += pre
             score = qv - w * wait - plan[0]
             speed = tps * split_factor if plan[6] else tps
         resp = wait + (tokens / speed if speed > 0 else 0.0)
         if meets:
             if wait <= patience:
-                rows.append([_ELIGIBLE, -score, -qv, wait, tag, ep_key, idx, qv, score, wait,
-                             resp, action, ep_key, gpus, evs, None, True])
+                row = [_ELIGIBLE, -score, -qv, wait, tag, ep_key, idx, qv, score, wait,
+                       resp, action, ep_key, gpus, evs, None, True, pre]
             else:
-                rows.append([_WAITS, -score, -qv, wait, tag, ep_key, idx, qv, score, wait, resp,
-                             action, ep_key, gpus, evs,
-                             f"{wait:.1f} s {_WAIT_WORD[action]} exceeds {patience_text}", True])
+                word = _WAIT_WORD[action] + (" and prompt" if pre else "")
+                row = [_WAITS, -score, -qv, wait, tag, ep_key, idx, qv, score, wait, resp,
+                       action, ep_key, gpus, evs,
+                       f"{wait:.1f} s {word} exceeds {patience_text}", True, pre]
+            if first_copy is not None:
+                row.append(first_copy)
+            rows.append(row)
             if action == "use_loaded":
                 any_loaded_ok = True
         else:
             why = ("quality %.2f" % q + below_tail) if q is not None \
                 else f"no {task_name} quality score"
             rows.append([_BELOW, -score, -qv, wait, tag, ep_key, idx, qv, score, wait, resp,
-                         action, ep_key, gpus, evs, why, False])
+                         action, ep_key, gpus, evs, why, False, pre])
 
     restricted = any_loaded_ok and urg.use_loaded_if_acceptable
     eligible = []
@@ -363,7 +388,50 @@ def select(world: World, request: SelectionRequest) -> Decision:
                         candidates, POLICY_VERSION)
     return Decision(chosen[4], chosen[11], chosen[12], chosen[13], chosen[9], chosen[10],
                     chosen[7], chosen[16], warned, reason, chosen[14], candidates,
-                    POLICY_VERSION)
+                    POLICY_VERSION, chosen[17])
+
+
+def _fastest_load_s(m) -> float:
+    fastest = m.load_s
+    for _, seconds in m.load_s_by_endpoint:
+        if seconds < fastest:
+            fastest = seconds
+    return fastest
+
+
+def _prefill(m, prompt: int, num_ctx: int | None, factor: float) -> float:
+    """Seconds to read a ``prompt``-token prompt on ``m`` (capped at the endpoint's context)."""
+    rate = m.prefill_tokens_per_s * factor
+    if rate <= 0.0:
+        return 0.0
+    if num_ctx is not None and prompt > num_ctx:
+        prompt = num_ctx
+    return prompt / rate
+
+
+def _plans(need: int, by_need: dict, levels: list, tower: Tower, penalty: float) -> tuple:
+    """(plans, cheapest plan or None) for a model needing ``need`` MiB, cached per need; a plan is
+    (eviction cost, number of evictions, MiB left over, endpoint, gpus, evictions, split), so
+    plans compare natively, cheapest first (endpoint keys are unique)."""
+    entry = by_need.get(need)
+    if entry is None:
+        plans = []
+        for ep, lv, most, reach in levels:
+            if need <= most:
+                for f, g in lv:
+                    if f >= need:
+                        plans.append((0.0, 0, f - need, ep.key, (g,), (), False))
+                        break
+            elif need <= reach:
+                plan = tower.plan_on_endpoint(ep, need)
+                if plan is not None:
+                    vram_by_gpu, evicted, rec, split, left = plan
+                    plans.append((penalty * rec, len(evicted), left, ep.key,
+                                  tuple(g for g, _ in vram_by_gpu),
+                                  tuple(tower.eviction(r) for r in evicted), split))
+        entry = (plans, min(plans) if plans else None)
+        by_need[need] = entry
+    return entry
 
 
 def _reason(chosen, rows, warned, fallback_text, floor, floor_text, patience, patience_text,
@@ -372,6 +440,12 @@ def _reason(chosen, rows, warned, fallback_text, floor, floor_text, patience, pa
     if chosen is None:
         return f"{fallback_text}, and no remote fallback is enabled"
     tag, q, wait, resp, action, ep = chosen[4], chosen[7], chosen[9], chosen[10], chosen[11], chosen[12]
+    pre = chosen[17]
+    # With a prompt, waits include reading it: say so, and say when the first token comes.
+    prompt_text = f" (the prompt takes {pre:.1f} s)" if pre else ""
+    copy_text = ""
+    if len(chosen) > 18:  # a second copy: say what waiting for the first would have cost
+        copy_text = f"; its copy on {chosen[18][0]} has a {chosen[18][1]:.1f} s {_WAIT_WORD[chosen[18][2]]}"
     if action == "fallback":
         below = "" if chosen[16] else f", though below {floor_text} {floor:.2f} too"
         return f"{fallback_text}: falling back to remote {tag} ({q:.2f}{below}), responds in {resp:.1f} s"
@@ -380,18 +454,21 @@ def _reason(chosen, rows, warned, fallback_text, floor, floor_text, patience, pa
     if chosen[14]:
         evicting = ", evicting " + ", ".join(e.model for e in chosen[14])
     if warned:
+        first = f", first token in {wait:.1f} s{prompt_text}" if pre else ""
         return (f"nothing met both {floor_text} {floor:.2f} and {patience_text}: {tag} ({q:.2f}) "
-                f"is the best that meets the floor, with a {wait:.1f} s {_WAIT_WORD[action]} on "
-                f"{ep}{evicting}, responds in {resp:.1f} s (warned)")
+                f"is the best that meets the floor, with a {wait - pre:.1f} s {_WAIT_WORD[action]} on "
+                f"{ep}{evicting}{first}, responds in {resp:.1f} s (warned){copy_text}")
+    first = f"first token in {wait:.1f} s{prompt_text}, " if pre else ""
     if action == "use_loaded":
-        queued = f" after a {wait:.1f} s queue" if wait > 0 else ""
-        text = f"{tag} is loaded on {ep} and {meets}: responds in {resp:.1f} s{queued}"
+        queued = f" after a {wait - pre:.1f} s queue" if wait - pre > 0 else ""
+        text = f"{tag} is loaded on {ep} and {meets}: {first}responds in {resp:.1f} s{queued}"
     elif action == "wait_for_load":
-        text = (f"{tag} is already loading on {ep} and {meets}: ready in {wait:.1f} s, "
-                f"responds in {resp:.1f} s")
+        text = (f"{tag} is already loading on {ep} and {meets}: ready in {wait - pre:.1f} s, "
+                f"{first}responds in {resp:.1f} s")
     else:
-        text = (f"{tag} ({q:.2f}) {meets}: a {wait:.1f} s load on {ep} ({', '.join(chosen[13])})"
-                f"{evicting}, responds in {resp:.1f} s")
+        text = (f"{tag} ({q:.2f}) {meets}: a {wait - pre:.1f} s load on {ep} ({', '.join(chosen[13])})"
+                f"{evicting}, {first}responds in {resp:.1f} s{copy_text}")
+
     # Name the best better-quality model that fits and meets the floor, and why it lost.
     alt = None
     for row in rows:

@@ -32,6 +32,9 @@ class EndpointView:
     gpus: tuple[str, ...]  # GpuView keys this Ollama server may use
     allow_split: bool = False  # may one model span several of its GPUs
     up: bool = True
+    # The context TowerOps loads models with here: Ollama truncates a longer prompt to it, so
+    # it caps the prefill estimate. None: not capped.
+    num_ctx: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ class ModelView:
     # Learned load seconds per endpoint, overriding load_s there: ((endpoint, s), ...)
     load_s_by_endpoint: tuple[tuple[str, float], ...] = ()
     tokens_per_s: float = 30.0
+    # Prompt tokens read per second before the first output token (prefill). 0: unknown, and
+    # a request's prompt then adds nothing to its expected wait.
+    prefill_tokens_per_s: float = 0.0
     quality: Mapping[str, float] = field(default_factory=dict)  # task type -> 0..1
     enabled: bool = True
     pinned: bool = False
@@ -126,6 +132,8 @@ class SelectionRequest:
     min_quality: float | None = None
     max_wait_s: float | None = None
     expected_output_tokens: int | None = None
+    # The prompt's length in tokens: its prefill counts in the wait for the first token.
+    input_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +151,7 @@ class Candidate:
     endpoint: str | None = None
     gpus: tuple[str, ...] = ()
     action: Action | None = None  # None when it cannot be placed at all
-    expected_wait_s: float | None = None  # until generation can start
+    expected_wait_s: float | None = None  # until the first output token: queue or load, then prefill
     expected_response_s: float | None = None  # wait + generation of the expected output
     score: float | None = None
     evictions: tuple[Eviction, ...] = ()
@@ -165,6 +173,7 @@ class Decision:
     evictions: tuple[Eviction, ...]
     candidates: tuple[Candidate, ...]  # every model considered, best first
     policy_version: str
+    expected_prefill_s: float = 0.0  # the part of expected_wait_s spent reading the prompt
 
 
 @dataclass(frozen=True)

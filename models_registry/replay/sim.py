@@ -474,7 +474,8 @@ class TowerOpsPolicy(Policy):
         tower = self.tower
         tower.advance(now)
         world = self.world_at(now)
-        d = select(world, SelectionRequest(req.task_type, req.urgency, expected_output_tokens=req.output_tokens))
+        d = select(world, SelectionRequest(req.task_type, req.urgency, expected_output_tokens=req.output_tokens,
+                                           input_tokens=req.input_tokens))
         if d.action is None:
             return Served(req, None, None, None, False, now, now, now, None, None)
         m = self.models[d.model]

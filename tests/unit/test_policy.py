@@ -264,11 +264,13 @@ def test_critical_never_waits_for_a_load_when_an_acceptable_model_is_loaded(towe
 
 
 def test_a_known_queue_time_is_the_wait_instead_of_the_in_flight_estimate(tower):
-    # One request in flight, but it is a long one: 12 s of generation still queued there.
-    long_queue = tower.res("llama3.2:3b", tower.nvidia, in_flight=1, busy_s=12.0)
+    # One request in flight, but it is a long one: 6 s of generation still queued there
+    # (the in-flight estimate would say 1 s; a second copy would take a 6.8 s load).
+    long_queue = tower.res("llama3.2:3b", tower.nvidia, in_flight=1, busy_s=6.0)
     d = select(tower.world(long_queue), req("general", "interactive"))
-    assert cand(d, "llama3.2:3b").expected_wait_s == pytest.approx(12.0)
-    assert "exceeds interactive patience 5 s" in cand(d, "llama3.2:3b").rejected_because
+    c = cand(d, "llama3.2:3b")
+    assert (c.action, c.expected_wait_s) == ("use_loaded", pytest.approx(6.0))
+    assert "6.0 s queue exceeds interactive patience 5 s" in c.rejected_because
     short_queue = tower.res("llama3.2:3b", tower.nvidia, in_flight=1, busy_s=0.5)
     d = select(tower.world(short_queue), req("general", "interactive"))
     assert (d.model, d.action, d.expected_wait_s) == ("llama3.2:3b", "use_loaded", pytest.approx(0.5))
@@ -482,3 +484,72 @@ def test_place_many_evicts_idle_models_outside_the_set_only(tower):
     assert "qwen2.5-coder:7b" not in out
     evicted = [e.model for p in out.values() if p for e in p.evictions]
     assert "qwen2.5-coder:7b" not in evicted
+
+
+# -- the prompt (prefill) and second copies ------------------------------------------------
+
+def test_the_prompt_is_read_before_the_first_token_and_capped_at_the_context(tower):
+    """wait = queue + min(prompt, num_ctx) / prefill tokens/s: qwen2.5-coder:7b reads 900 t/s
+    (20 x 45) and the Tower loads models with num_ctx 4096."""
+    w = tower.world(tower.res("qwen2.5-coder:7b", tower.amd, busy_s=1.0))
+    qwen = tower.models["qwen2.5-coder:7b"]
+    assert (qwen.prefill_tokens_per_s, tower.endpoints[tower.amd].num_ctx) == (900.0, 4096)
+    for prompt, pre in ((None, 0.0), (0, 0.0), (1800, 2.0), (4096, 4096 / 900), (20_000, 4096 / 900)):
+        d = select(w, req("code_generation", "background", input_tokens=prompt, expected_output_tokens=90))
+        assert (d.model, d.action) == ("qwen2.5-coder:7b", "use_loaded")
+        assert d.expected_prefill_s == pytest.approx(pre)
+        assert d.expected_wait_s == pytest.approx(1.0 + pre)
+        assert d.expected_response_s == pytest.approx(1.0 + pre + 2.0)
+    assert "first token in 3.0 s (the prompt takes 2.0 s)" in select(
+        w, req("code_generation", "background", input_tokens=1800)).reason
+
+
+def test_a_long_prompt_goes_to_the_model_that_reads_it_sooner(tower):
+    """Both code models are loaded and idle: a short prompt takes the better qwen2.5-coder:7b,
+    a long one the faster reader deepseek-coder-v2 (1,200 t/s against 900) when the gap
+    outweighs the quality difference at interactive's exchange rate (0.05 per second)."""
+    w = tower.world(tower.res("qwen2.5-coder:7b", tower.nvidia, busy_s=0.0),
+                    tower.res("deepseek-coder-v2:16b", tower.amd, busy_s=0.0))
+    short = select(w, req("code_generation", "interactive", input_tokens=200))
+    assert short.model == "qwen2.5-coder:7b"
+    # 4096 tokens: 4.55 s against 3.41 s. The quality gap (0.07) is worth 1.4 s at 0.05 a second,
+    # more than the 1.14 s saved (0.88 - 0.05 * 4.55 = 0.652 > 0.81 - 0.05 * 3.41 = 0.639)...
+    long = select(w, req("code_generation", "interactive", input_tokens=4096))
+    assert long.model == "qwen2.5-coder:7b"
+    # ...until qwen has a queue: 1 s of it puts qwen's first token beyond the 5 s patience.
+    w = tower.world(tower.res("qwen2.5-coder:7b", tower.nvidia, busy_s=1.0),
+                    tower.res("deepseek-coder-v2:16b", tower.amd, busy_s=0.0))
+    d = select(w, req("code_generation", "interactive", input_tokens=4096))
+    assert (d.model, d.expected_wait_s) == ("deepseek-coder-v2:16b", pytest.approx(4096 / 1200))
+    assert "exceeds interactive patience" in cand(d, "qwen2.5-coder:7b").rejected_because
+
+
+def test_a_queue_longer_than_a_load_loads_a_copy_on_the_other_endpoint(tower):
+    queue = tower.res("llama3.2:3b", tower.nvidia, in_flight=3, busy_s=12.0)
+    d = select(tower.world(queue), req("general", "interactive"))
+    c = cand(d, "llama3.2:3b")
+    assert (c.action, c.endpoint, c.expected_wait_s) == ("load", tower.amd, pytest.approx(6.8))
+    # (tinyllama, 0.70, loads in 3.4 s and wins general; troubleshooting's floor is 0.75.)
+    d = select(tower.world(queue), req("troubleshooting", "interactive"))
+    assert (d.model, d.action, d.endpoint, d.warned) == ("llama3.2:3b", "load", tower.amd, True)
+    assert f"its copy on {tower.nvidia} has a 12.0 s queue" in d.reason
+    # A queue shorter than the load: the copy is not worth it.
+    d = select(tower.world(replace(queue, busy_s=6.0)), req("general", "interactive"))
+    assert (cand(d, "llama3.2:3b").action, cand(d, "llama3.2:3b").endpoint) == ("use_loaded", tower.nvidia)
+    # Loaded on both endpoints already: no third copy; the shorter queue serves.
+    both = (queue, tower.res("llama3.2:3b", tower.amd, busy_s=2.0))
+    d = select(tower.world(*both), req("general", "background"))
+    assert (d.model, d.action, d.endpoint, d.expected_wait_s) == ("llama3.2:3b", "use_loaded", tower.amd,
+                                                                  pytest.approx(2.0))
+
+
+def test_a_copy_is_not_loaded_for_a_critical_request_or_where_it_does_not_fit(tower):
+    queue = tower.res("llama3.2:3b", tower.nvidia, in_flight=3, busy_s=12.0)
+    d = select(tower.world(queue), req("general", "critical"))
+    assert all(not (c.model == "llama3.2:3b" and c.action == "load") for c in d.candidates)
+    # The AMD GPU full of a busy model: nowhere to put a copy.
+    busy_amd = tower.res("deepseek-coder-v2:16b", tower.amd, in_flight=1, busy_s=30.0)
+    busy_amd2 = tower.res("mistral:7b", tower.amd, in_flight=1, busy_s=30.0)
+    d = select(tower.world(queue, busy_amd, busy_amd2), req("general", "background"))
+    c = cand(d, "llama3.2:3b")
+    assert (c.action, c.endpoint) == ("use_loaded", tower.nvidia)
