@@ -42,6 +42,7 @@ def select_model(request, payload: SelectIn):
         min_quality=payload.min_quality,
         max_wait_s=payload.max_wait_s,
         expected_output_tokens=payload.expected_output_tokens,
+        input_tokens=payload.input_tokens,
     )
     result = services.select_and_record(req, client=payload.client, dry_run=payload.dry_run)
     d = result.decision
@@ -54,6 +55,7 @@ def select_model(request, payload: SelectIn):
         "gpus": list(d.gpus),
         "action": d.action,
         "expected_wait_s": d.expected_wait_s,
+        "expected_prefill_s": d.expected_prefill_s,
         "expected_response_s": d.expected_response_s,
         "quality": d.quality,
         "met_floor": d.met_floor,
@@ -88,6 +90,7 @@ def _decision_out(row: m.SelectionDecision) -> dict:
         "min_quality": row.min_quality,
         "max_wait_s": row.max_wait_s,
         "expected_output_tokens": row.expected_output_tokens,
+        "input_tokens": row.input_tokens,
         "model": row.model.tag if row.model else None,
         "endpoint": row.endpoint.name if row.endpoint else None,
         "gpus": row.gpu_keys,

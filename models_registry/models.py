@@ -116,6 +116,9 @@ class LlmModel(models.Model):
     context_length = models.PositiveIntegerField(default=4096)
     load_s = models.FloatField(default=0.0, help_text="seeded; learned from load events")
     tokens_per_s = models.FloatField(default=30.0)
+    prefill_tokens_per_s = models.FloatField(
+        null=True, blank=True,
+        help_text="prompt tokens read per second (prefill); empty: 20 × tokens_per_s (see profile.py)")
     remote_latency_s = models.FloatField(default=0.0)
     enabled = models.BooleanField(default=True)
     pinned = models.BooleanField(default=False, help_text="never evicted")
@@ -134,6 +137,16 @@ class LlmModel(models.Model):
 
     def __str__(self) -> str:
         return self.tag
+
+    @property
+    def prefill_rate(self) -> float:
+        """Prompt tokens per second the policy assumes: the catalog's figure, else the profile
+        default (PREFILL_PER_DECODE × tokens/s); 0 for a remote model (its latency covers it)."""
+        if self.kind != self.Kind.LOCAL:
+            return 0.0
+        from models_registry.profile import PREFILL_PER_DECODE
+
+        return self.prefill_tokens_per_s or PREFILL_PER_DECODE * self.tokens_per_s
 
 
 class LoadTimeEstimate(models.Model):
@@ -362,6 +375,7 @@ class SelectionDecision(models.Model):
     min_quality = models.FloatField(null=True, blank=True)
     max_wait_s = models.FloatField(null=True, blank=True)
     expected_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    input_tokens = models.PositiveIntegerField(null=True, blank=True, help_text="the prompt's length, when given")
     model = models.ForeignKey(
         LlmModel, on_delete=models.PROTECT, null=True, blank=True, related_name="decisions", db_index=False
     )

@@ -26,6 +26,8 @@ class SelectIn(_In):
     min_quality: float | None = Field(None, ge=0, le=1)
     max_wait_s: float | None = Field(None, ge=0, le=86400)
     expected_output_tokens: int | None = Field(None, ge=0, le=1_000_000)
+    input_tokens: int | None = Field(None, ge=0, le=10_000_000,
+                                     description="the prompt's length in tokens: its prefill counts in the wait")
     client: str = Field("", max_length=200)
     dry_run: bool = False
 
@@ -52,6 +54,7 @@ class SelectOut(Schema):
     gpus: list[str]
     action: str | None
     expected_wait_s: float | None
+    expected_prefill_s: float
     expected_response_s: float | None
     quality: float | None
     met_floor: bool
@@ -97,6 +100,7 @@ class DecisionOut(Schema):
     min_quality: float | None
     max_wait_s: float | None
     expected_output_tokens: int | None
+    input_tokens: int | None
     model: str | None
     endpoint: str | None
     gpus: list[str]

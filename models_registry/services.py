@@ -149,6 +149,7 @@ def import_profile(profile: Profile, user=None) -> ImportSummary:
                 "context_length": md.context_length,
                 "load_s": md.load_s,
                 "tokens_per_s": md.tokens_per_s,
+                "prefill_tokens_per_s": md.prefill_tokens_per_s,
                 "remote_latency_s": md.remote_latency_s,
                 "enabled": md.enabled,
                 "pinned": md.pinned,
@@ -333,6 +334,7 @@ def select_and_record(
 
 _DECISION_COLUMNS = (
     "created_at", "client", "task_type_id", "urgency", "min_quality", "max_wait_s", "expected_output_tokens",
+    "input_tokens",
     "model_id", "endpoint_id", "gpu_keys", "action", "expected_wait_s", "expected_response_s", "quality",
     "met_floor", "warned", "reason", "evictions", "candidates", "input_state", "config_id", "policy_version",
     "decision_us", "residency_id",
@@ -358,6 +360,7 @@ def _record(
         "min_quality": req.min_quality,
         "max_wait_s": req.max_wait_s,
         "expected_output_tokens": req.expected_output_tokens,
+        "input_tokens": req.input_tokens,
         "model_id": cfg.model_ids.get(decision.model) if decision.model else None,
         "endpoint_id": cfg.endpoint_ids.get(decision.endpoint) if decision.endpoint else None,
         "gpu_keys": list(decision.gpus),
@@ -403,10 +406,11 @@ def candidates_json(decision: Decision) -> list[dict]:
     ]
 
 
-def _generation_s(decision: Decision) -> float:
+def _service_s(decision: Decision) -> float:
+    """How long the request holds its model: reading its prompt, then generating."""
     if decision.expected_response_s is None or decision.expected_wait_s is None:
         return 0.0
-    return max(0.0, decision.expected_response_s - decision.expected_wait_s)
+    return max(0.0, decision.expected_response_s - decision.expected_wait_s + decision.expected_prefill_s)
 
 
 # SKIP LOCKED: when another selection is updating the row right now, skip this update rather
@@ -420,17 +424,17 @@ _MARK_USED_SQL = (
 
 
 def _mark_used(residency_id: int | None, decision: Decision, now: dt.datetime) -> None:
-    """Push the residency's busy_until out by this request's generation time.
+    """Push the residency's busy_until out by this request's prefill and generation time.
 
     The request queues behind what is already there, so busy_until moves by its own
-    generation time only (its wait is the queue busy_until already describes). The row is
+    service time only (the rest of its wait is the queue busy_until already describes). The row is
     shared by every request to that model: outside a caller's transaction it is updated in
     its own, in one round trip, without waiting for the disk (these are estimates), so no
     lock on it is held across a durable COMMIT.
     """
     if residency_id is None:
         return
-    params = [now, now, now, dt.timedelta(seconds=_generation_s(decision)), residency_id]
+    params = [now, now, now, dt.timedelta(seconds=_service_s(decision)), residency_id]
     with connection.cursor() as cur:
         if connection.in_atomic_block:
             cur.execute(_MARK_USED_SQL, params)  # part of the caller's transaction

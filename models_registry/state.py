@@ -42,6 +42,7 @@ class Config:
     gpus: tuple[GpuView, ...]
     endpoint_gpus: dict[str, tuple[str, ...]]
     endpoint_split: dict[str, bool]
+    endpoint_ctx: dict[str, int]
     model_ids: dict[str, int]
     task_ids: dict[str, int]
     gpu_ids: dict[str, int]
@@ -84,6 +85,7 @@ def _read_config() -> Config:
             load_s=r.load_s,
             load_s_by_endpoint=tuple(sorted(learned.get(r.pk, ()))),
             tokens_per_s=r.tokens_per_s,
+            prefill_tokens_per_s=r.prefill_rate,
             quality=scores.get(r.pk, {}),
             enabled=r.enabled,
             pinned=r.pinned,
@@ -98,7 +100,7 @@ def _read_config() -> Config:
         "endpoint__name", "gpu__host__name", "gpu__index"
     ):
         endpoint_gpus.setdefault(ep_name, []).append(f"{host}/{index}")
-    endpoints = list(m.Endpoint.objects.values_list("name", "pk", "allow_split"))
+    endpoints = list(m.Endpoint.objects.values_list("name", "pk", "allow_split", "num_ctx"))
     return Config(
         models=models,
         task_types=tuple(
@@ -109,12 +111,13 @@ def _read_config() -> Config:
             for u in m.UrgencyClass.objects.all()
         ),
         gpus=gpus,
-        endpoint_gpus={name: tuple(sorted(endpoint_gpus.get(name, ()))) for name, _, _ in endpoints},
-        endpoint_split={name: split for name, _, split in endpoints},
+        endpoint_gpus={name: tuple(sorted(endpoint_gpus.get(name, ()))) for name, _, _, _ in endpoints},
+        endpoint_split={name: split for name, _, split, _ in endpoints},
+        endpoint_ctx={name: ctx for name, _, _, ctx in endpoints},
         model_ids={r.tag: r.pk for r in rows},
         task_ids=dict(m.TaskType.objects.values_list("name", "pk")),
         gpu_ids={g.key: g.pk for g in gpu_rows},
-        endpoint_ids={name: pk for name, pk, _ in endpoints},
+        endpoint_ids={name: pk for name, pk, _, _ in endpoints},
         params=PolicyParams(**getattr(settings, "TOWEROPS_POLICY", {})),
     )
 
@@ -217,7 +220,8 @@ def read_world(now: dt.datetime) -> tuple[World, Config, dict[tuple[str, str], i
         for g in cfg.gpus
     )
     endpoints = tuple(
-        EndpointView(name, cfg.endpoint_gpus.get(name, ()), cfg.endpoint_split.get(name, False), up.get(name, False))
+        EndpointView(name, cfg.endpoint_gpus.get(name, ()), cfg.endpoint_split.get(name, False), up.get(name, False),
+                     cfg.endpoint_ctx.get(name))
         for name in sorted(cfg.endpoint_ids)
     )
     world = World(

@@ -102,6 +102,27 @@ def test_keep_alive_and_prefill_are_read_as_ollama_and_the_replay_read_them():
 
 
 @pytest.mark.django_db
+def test_prefill_and_the_context_reach_the_live_policy(tmp_path):
+    """The catalog keeps a model's prefill speed (empty: 20 x tokens/s) and the endpoint's num_ctx:
+    the World a live selection sees has both, as the replay's does."""
+    from models_registry import state
+    from models_registry.profile import parse_profile
+    from models_registry.services import import_profile
+
+    data = _bad(lambda d: d["models"][2].update(prefill_tokens_per_s=1500))  # qwen2.5-coder:7b
+    import_profile(parse_profile(data))
+    assert m.LlmModel.objects.get(tag="qwen2.5-coder:7b").prefill_tokens_per_s == 1500
+    assert m.LlmModel.objects.get(tag="mistral:7b").prefill_tokens_per_s is None
+    state.invalidate_config()
+    cfg = state.load_config()
+    by_tag = {x.tag: x for x in cfg.models}
+    assert by_tag["qwen2.5-coder:7b"].prefill_tokens_per_s == 1500
+    assert by_tag["mistral:7b"].prefill_tokens_per_s == 20 * 42
+    assert all(x.prefill_tokens_per_s == 0 for x in cfg.models if x.kind == "remote")
+    assert cfg.endpoint_ctx == {"tower-amd": 4096, "tower-nvidia": 4096}
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("label,data,expected", BAD_FILES, ids=[b[0] for b in BAD_FILES])
 def test_a_bad_file_changes_nothing_and_names_the_field(tmp_path, label, data, expected):
     call_command("load_profile", str(TOWER_PROFILE), stdout=io.StringIO())

@@ -130,11 +130,13 @@ def _urgency(urgency: TaskUrgency | str) -> str:
 
 def select_body(task_type: str, urgency: TaskUrgency | str, *, min_quality: float | None = None,
                 max_wait_s: float | None = None, expected_output_tokens: int | None = None,
-                client: str | None = None, dry_run: bool | None = None) -> dict:
+                input_tokens: int | None = None, client: str | None = None,
+                dry_run: bool | None = None) -> dict:
     """The JSON body of POST /api/v1/select; optional fields are left out when None."""
     body: dict[str, Any] = {"task_type": task_type, "urgency": _urgency(urgency)}
     for name, value in (("min_quality", min_quality), ("max_wait_s", max_wait_s),
-                        ("expected_output_tokens", expected_output_tokens), ("client", client),
+                        ("expected_output_tokens", expected_output_tokens),
+                        ("input_tokens", input_tokens), ("client", client),
                         ("dry_run", dry_run)):
         if value is not None:
             body[name] = value
@@ -206,10 +208,10 @@ class TowerOpsClient:
 
     def select(self, task_type: str, urgency: TaskUrgency | str = TaskUrgency.INTERACTIVE, *,
                min_quality: float | None = None, max_wait_s: float | None = None,
-               expected_output_tokens: int | None = None, client: str | None = None,
-               dry_run: bool | None = None) -> Selection:
+               expected_output_tokens: int | None = None, input_tokens: int | None = None,
+               client: str | None = None, dry_run: bool | None = None) -> Selection:
         body = select_body(task_type, urgency, min_quality=min_quality, max_wait_s=max_wait_s,
-                           expected_output_tokens=expected_output_tokens,
+                           expected_output_tokens=expected_output_tokens, input_tokens=input_tokens,
                            client=client or self.client_name, dry_run=dry_run)
         return Selection.from_json(self._request("POST", "/select", json=body))
 
@@ -279,10 +281,10 @@ class AsyncTowerOpsClient:
 
     async def select(self, task_type: str, urgency: TaskUrgency | str = TaskUrgency.INTERACTIVE,
                      *, min_quality: float | None = None, max_wait_s: float | None = None,
-                     expected_output_tokens: int | None = None, client: str | None = None,
-                     dry_run: bool | None = None) -> Selection:
+                     expected_output_tokens: int | None = None, input_tokens: int | None = None,
+                     client: str | None = None, dry_run: bool | None = None) -> Selection:
         body = select_body(task_type, urgency, min_quality=min_quality, max_wait_s=max_wait_s,
-                           expected_output_tokens=expected_output_tokens,
+                           expected_output_tokens=expected_output_tokens, input_tokens=input_tokens,
                            client=client or self.client_name, dry_run=dry_run)
         return Selection.from_json(await self._request("POST", "/select", json=body))
 
@@ -353,14 +355,14 @@ class TowerModelManager:
     async def select_model(self, task_type: str,
                            urgency: TaskUrgency | str = TaskUrgency.INTERACTIVE, *,
                            min_quality: float | None = None, max_wait_s: float | None = None,
-                           expected_output_tokens: int | None = None,
+                           expected_output_tokens: int | None = None, input_tokens: int | None = None,
                            dry_run: bool | None = None) -> tuple[str | None, str, float]:
         """``(model_id, reason, wait_time)``; model_id is None only when nothing can serve."""
         async with self._async() as client:
             sel = await client.select(task_type, urgency, min_quality=min_quality,
                                       max_wait_s=max_wait_s,
                                       expected_output_tokens=expected_output_tokens,
-                                      dry_run=dry_run)
+                                      input_tokens=input_tokens, dry_run=dry_run)
         self.last_selection = sel
         return sel.model, sel.reason, float(sel.expected_wait_s or 0.0)
 

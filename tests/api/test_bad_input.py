@@ -119,6 +119,8 @@ INVALID = {
     "negative tokens": ({**OK, "expected_output_tokens": -5}, "expected_output_tokens"),
     "fractional tokens": ({**OK, "expected_output_tokens": 1.5}, "expected_output_tokens"),
     "huge tokens": ({**OK, "expected_output_tokens": 10**30}, "expected_output_tokens"),
+    "negative prompt": ({**OK, "input_tokens": -1}, "input_tokens"),
+    "prompt as text": ({**OK, "input_tokens": "long"}, "input_tokens"),
     "dry_run a word": ({**OK, "dry_run": "maybe"}, "dry_run"),
     "client an object": ({**OK, "client": {"a": 1}}, "client"),
     "client too long": ({**OK, "client": "x" * 201}, "client"),

@@ -200,6 +200,30 @@ def test_use_loaded_updates_last_used_and_busy_until(tower, api, django_capture_
     assert res.busy_until > first_busy  # a second request queues behind the first
 
 
+def test_the_prompt_counts_in_the_wait_and_in_the_models_busy_time(tower, api, django_capture_on_commit_callbacks):
+    """llama3.2:3b reads 1,600 prompt tokens a second (20 x its 80 tokens/s) on an endpoint that
+    loads models with num_ctx 4096: a 3,200-token prompt adds 2 s before the first token, and the
+    model stays busy for the prompt and the answer."""
+    res = put_loaded("llama3.2:3b", last_used_s_ago=3600)
+    with django_capture_on_commit_callbacks(execute=True):
+        out = select(api, task_type="general", urgency="critical", input_tokens=3200, expected_output_tokens=80)
+    assert (out["model"], out["action"]) == ("llama3.2:3b", "use_loaded")
+    assert out["expected_prefill_s"] == pytest.approx(2.0)
+    assert out["expected_wait_s"] == pytest.approx(2.0)
+    assert out["expected_response_s"] == pytest.approx(3.0)
+    assert "first token in 2.0 s (the prompt takes 2.0 s)" in out["reason"]
+    row = m.SelectionDecision.objects.get(pk=out["decision_id"])
+    assert row.input_tokens == 3200
+    assert api.get(f"/api/v1/decisions/{row.pk}").json()["input_tokens"] == 3200
+    res.refresh_from_db()
+    assert (res.busy_until - res.last_used_at).total_seconds() == pytest.approx(3.0, abs=0.05)
+    # The next request queues behind those 3 s; its own 10,000-token prompt is cut to the context.
+    with django_capture_on_commit_callbacks(execute=True):
+        out = select(api, task_type="general", urgency="critical", input_tokens=10_000, expected_output_tokens=80)
+    assert out["expected_prefill_s"] == pytest.approx(4096 / 1600)
+    assert out["expected_wait_s"] == pytest.approx(3.0 + 4096 / 1600, abs=0.1)
+
+
 def test_busy_until_grows_by_one_request_at_a_time(tower, api, django_capture_on_commit_callbacks):
     """Each selection routed to a loaded model queues one request's generation behind the
     others: the expected wait grows by about one queue slot per request, not geometrically
@@ -426,11 +450,12 @@ def test_a_recorded_decision_replays_to_the_same_model(tower, api, captured_load
     for tag in loaded:
         put_loaded(tag, "tower-nvidia" if tag == loaded[0] else "tower-amd")
     with django_capture_on_commit_callbacks(execute=True):
-        out = select(api, task_type=task_type, urgency=urgency, expected_output_tokens=100)
+        out = select(api, task_type=task_type, urgency=urgency, expected_output_tokens=100, input_tokens=5000)
     row = m.SelectionDecision.objects.select_related("config").get(pk=out["decision_id"])
     world = services.world_from_record(row.config.body, row.input_state)
     req = SelectionRequest(task_type=row.task_type.name, urgency=row.urgency, min_quality=row.min_quality,
-                           max_wait_s=row.max_wait_s, expected_output_tokens=row.expected_output_tokens)
+                           max_wait_s=row.max_wait_s, expected_output_tokens=row.expected_output_tokens,
+                           input_tokens=row.input_tokens)
     again = policy.select(world, req)
     assert (again.model, again.action, again.endpoint, list(again.gpus)) == (
         out["model"], out["action"], out["endpoint"], out["gpus"])
