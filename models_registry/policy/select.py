@@ -33,11 +33,15 @@ Every enabled local model gets one candidate, at its best placement on an up end
 
     score = quality[T]
             - U.wait_weight * expected_wait_s
-            - U.eviction_penalty * sum over evicted models of recency(last_used_at)
+            - sum over evicted models E of recency(E.last_used_at)
+                  * (U.eviction_penalty + U.wait_weight * E's load seconds on its endpoint)
 
   where recency = 1 for a model used just now, falling linearly to 0 at
   params.recent_use_window_s ago (never used = 0): evicting what just served costs,
-  which keeps a small gain from causing thrash.
+  which keeps a small gain from causing thrash. The second term prices the reload the
+  eviction is likely to cost the next caller of E at this request's own exchange rate, so
+  a busy tower does not trade one model for another and back (a request does not evict
+  a model that just served unless its own gain outweighs that model's reload).
 
 Choice:
   1. eligible = fits, quality >= floor, wait <= patience. If U.use_loaded_if_acceptable
@@ -247,7 +251,7 @@ def select(world: World, request: SelectionRequest) -> Decision:
             if copies and len(levels) > len(rs) and wait - pre > _fastest_load_s(m):
                 # A second queue may be worth a load (module docstring): the best copy elsewhere.
                 hosting = {x.endpoint for x in rs}
-                plans = [p for p in _plans(m.vram_mib, by_need, levels, tower, penalty)[0]
+                plans = [p for p in _plans(m.vram_mib, by_need, levels, tower, penalty, w)[0]
                          if p[3] not in hosting]
                 for p in plans:
                     cpre = _prefill(m, prompt, ctx[p[3]], split_factor if p[6] else 1.0) if prompt else 0.0
@@ -266,7 +270,10 @@ def select(world: World, request: SelectionRequest) -> Decision:
             speed = tps * split_factor if split else tps
         else:
             need = m.vram_mib
-            plans, plan = _plans(need, by_need, levels, tower, penalty)
+            entry = by_need.get(need)
+            if entry is None:
+                entry = _plans(need, by_need, levels, tower, penalty, w)
+            plans, plan = entry
             if plan is None:
                 why = nofit.get(need)
                 if why is None:
@@ -391,6 +398,17 @@ def select(world: World, request: SelectionRequest) -> Decision:
                     POLICY_VERSION, chosen[17])
 
 
+def _reload_s(tower: Tower, evicted) -> float:
+    """Sum over ``evicted`` of recency x its load seconds there: the wait an eviction is
+    expected to cost whoever asks for that model next."""
+    total = 0.0
+    for r in evicted:
+        rec = tower.recency_of(r)
+        if rec > 0.0:
+            total += rec * tower.model(r.model).load_s_on(r.endpoint)
+    return total
+
+
 def _fastest_load_s(m) -> float:
     fastest = m.load_s
     for _, seconds in m.load_s_by_endpoint:
@@ -409,7 +427,7 @@ def _prefill(m, prompt: int, num_ctx: int | None, factor: float) -> float:
     return prompt / rate
 
 
-def _plans(need: int, by_need: dict, levels: list, tower: Tower, penalty: float) -> tuple:
+def _plans(need: int, by_need: dict, levels: list, tower: Tower, penalty: float, w: float) -> tuple:
     """(plans, cheapest plan or None) for a model needing ``need`` MiB, cached per need; a plan is
     (eviction cost, number of evictions, MiB left over, endpoint, gpus, evictions, split), so
     plans compare natively, cheapest first (endpoint keys are unique)."""
@@ -426,7 +444,7 @@ def _plans(need: int, by_need: dict, levels: list, tower: Tower, penalty: float)
                 plan = tower.plan_on_endpoint(ep, need)
                 if plan is not None:
                     vram_by_gpu, evicted, rec, split, left = plan
-                    plans.append((penalty * rec, len(evicted), left, ep.key,
+                    plans.append((penalty * rec + w * _reload_s(tower, evicted), len(evicted), left, ep.key,
                                   tuple(g for g, _ in vram_by_gpu),
                                   tuple(tower.eviction(r) for r in evicted), split))
         entry = (plans, min(plans) if plans else None)

@@ -553,3 +553,18 @@ def test_a_copy_is_not_loaded_for_a_critical_request_or_where_it_does_not_fit(to
     d = select(tower.world(queue, busy_amd, busy_amd2), req("general", "background"))
     c = cand(d, "llama3.2:3b")
     assert (c.action, c.endpoint) == ("use_loaded", tower.nvidia)
+
+
+def test_an_eviction_costs_the_victims_reload_at_the_requests_exchange_rate(tower):
+    """qwen2.5-coder:7b (4.5 GB) on the RTX 3060 must evict llama3.2:3b (used 300 s ago: recency
+    1 - 300/900 = 2/3; it reloads in 6.8 s): the eviction costs 2/3 x (0.02 + 0.05 x 6.8) = 0.24."""
+    w = tower.world(tower.res("mistral:7b", tower.nvidia, used_ago=60.0),
+                    tower.res("llama3.2:3b", tower.nvidia, used_ago=300.0), down=(tower.amd,))
+    d = select(w, req("code_generation", "interactive"))
+    c = cand(d, "qwen2.5-coder:7b")
+    assert [e.model for e in c.evictions] == ["llama3.2:3b"]
+    assert c.score == pytest.approx(0.88 - 0.05 * 13.5 - (2 / 3) * (0.02 + 0.05 * 6.8))
+    # A batch request prices waits (and so reloads) 500 x lower: the eviction costs it little more
+    # than its thrash penalty.
+    c = cand(select(w, req("code_generation", "batch")), "qwen2.5-coder:7b")
+    assert c.score == pytest.approx(0.88 - 0.0001 * 13.5 - (2 / 3) * (0.05 + 0.0001 * 6.8))
