@@ -31,8 +31,10 @@ Policies
     The production decision core unchanged: for each request a ``World`` is built from the
     simulated state at that instant (residents with their state, ``ready_at``,
     ``last_used_at``, ``in_flight`` and ``busy_s`` = the exact time the requests already
-    routed there need) and ``policy.select`` is called; its decision is carried out
-    (use_loaded / wait_for_load / load with its evictions / fallback). With a wall clock
+    routed there need) and ``policy.select`` is called with the request's task type,
+    urgency, output and input (prompt) tokens; its decision is carried out (use_loaded /
+    wait_for_load / load with its evictions -- a second copy of a resident model on another
+    endpoint included / fallback). With a wall clock
     (``start``), the profile's preload windows run as the live beat runs
     ``tasks.apply_preload_windows``: every 60 s, each model of the open windows that is not
     resident is placed by ``policy.place`` (evicting only idle models outside the warm

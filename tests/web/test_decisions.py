@@ -65,11 +65,13 @@ def test_the_detail_shows_a_reported_outcome(viewer_client, decisions):
     o = m.DecisionOutcome.objects.create(decision=decisions[0], reported_at=timezone.now(), response_ms=812,
                                          success=True, rating=0.9)
     html = viewer_client.get(reverse("console:decision_detail", args=[decisions[0].pk])).content.decode()
-    assert "812 ms" in html and "rating 0.9" in html and "first token" not in html
+    outcome = html.split("<dt>outcome</dt>", 1)[1].split("</dd>", 1)[0]
+    assert "812 ms" in outcome and "rating 0.9" in outcome and "first token" not in outcome
     o.first_token_ms = 140
     o.save()
     html = viewer_client.get(reverse("console:decision_detail", args=[decisions[0].pk])).content.decode()
     assert "first token 140 ms · 812 ms" in html
+    assert "first token" in html.split("<dt>expected</dt>", 1)[1].split("</dd>", 1)[0]  # the expected one
 
 
 @pytest.mark.django_db
