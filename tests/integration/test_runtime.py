@@ -4,6 +4,7 @@ simulated Tower serving in this process at 50x speed.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 from pathlib import Path
@@ -166,5 +167,38 @@ def test_two_hosts_each_load_runs_on_its_own_hosts_worker(start_worker):
             assert f"loaded tinyllama on ep-{host}" in log and f"loaded llama3.2:3b on ep-{host}" in log
             assert f"on ep-{other}" not in log
         assert m.LoadEvent.objects.filter(kind="load", trigger="admin").count() == 4
+    finally:
+        sim.shutdown()
+
+
+def test_a_queue_longer_than_a_load_gets_a_second_copy_on_the_other_host(start_worker, client):
+    """llama3.2:3b is loaded on host a with a minute of requests queued: the next selection loads a
+    second copy on host b (3 s), through host b's worker and its Ollama, and later selections take
+    the copy with the shorter queue."""
+    sim = serve(two_hosts_profile())
+    try:
+        workers = {h: start_worker(h, f"host.{h}", wait=False) for h in ("a", "b")}
+        for w in workers.values():
+            w.wait_ready()
+        first = services.request_load("llama3.2:3b", trigger="admin", endpoint="ep-a")["residency_id"]
+        wait_for(lambda: m.Residency.objects.filter(pk=first, state="loaded").exists(), LOAD_WAIT_S, "the first copy")
+        m.Residency.objects.filter(pk=first).update(busy_until=services.utcnow() + dt.timedelta(seconds=60))
+        key = create_key("integration", ["select"])[1]
+        body = json.dumps({"task_type": "general", "urgency": "interactive", "input_tokens": 800})
+        r = client.post("/api/v1/select", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}")
+        assert r.status_code == 200, r.content
+        out = r.json()
+        assert (out["model"], out["action"], out["endpoint"]) == ("llama3.2:3b", "load", "ep-b"), out["reason"]
+        assert "its copy on ep-a has a 59." in out["reason"] or "its copy on ep-a has a 60.0 s" in out["reason"]
+        assert out["expected_prefill_s"] == pytest.approx(800 / 1600)
+        copy = m.SelectionDecision.objects.get(pk=out["decision_id"]).residency_id
+        wait_for(lambda: m.Residency.objects.filter(pk=copy, state="loaded").exists(), LOAD_WAIT_S, "the second copy")
+        assert {(x.endpoint, x.model) for x in sim.events if x.kind == "load_start"} == {
+            ("ep-a", "llama3.2:3b"), ("ep-b", "llama3.2:3b")}
+        assert sorted(m.Residency.objects.filter(model__tag="llama3.2:3b", state="loaded")
+                      .values_list("endpoint__name", flat=True)) == ["ep-a", "ep-b"]
+        wait_for(lambda: "loaded llama3.2:3b on ep-b" in workers["b"].log(), 10, "worker b's log")
+        r = client.post("/api/v1/select", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}")
+        assert (r.json()["action"], r.json()["endpoint"]) == ("use_loaded", "ep-b")
     finally:
         sim.shutdown()
