@@ -197,7 +197,13 @@ def sync_endpoint(endpoint_id: int) -> str:
     Models someone else loaded appear with trigger `external`; models Ollama dropped on
     its own (keep_alive expiry, its own eviction) end with a LoadEvent (`expiry` when their
     expires_at has passed, else `external`).
+
+    Keep-warm: on an endpoint whose keep_alive is forever, a loaded model whose /api/ps
+    expiry is finite had its timer reset by a client that sent its own keep_alive (LangChain
+    sends "5m"); it is pinned again (a load request with the endpoint's keep_alive and num_ctx,
+    which Ollama answers at once for a loaded model), so keep-warm holds whatever clients send.
     """
+    from models_registry.durations import keeps_forever
     from models_registry.ollama import OllamaError, OllamaUnavailable
 
     endpoint = m.Endpoint.objects.select_related("host").filter(pk=endpoint_id).first()
@@ -214,6 +220,8 @@ def sync_endpoint(endpoint_id: int) -> str:
     m.Endpoint.objects.filter(pk=endpoint.pk).update(is_up=True, version=version, last_checked_at=now, last_error="")
     m.Host.objects.filter(pk=endpoint.host_id).update(last_seen_at=now)
     tags = {_canonical(t): t for t in m.LlmModel.objects.values_list("tag", flat=True)}
+    keep_warm = keeps_forever(endpoint.keep_alive)
+    repin: list[str] = []
     with transaction.atomic():
         active = {
             r.model.tag: r
@@ -232,6 +240,8 @@ def sync_endpoint(endpoint_id: int) -> str:
                 _adopt_external(endpoint, tag, info, now)
             elif r.state == "loaded" and info.expires_at:
                 m.Residency.objects.filter(pk=r.pk).update(expires_at=info.expires_at)
+                if keep_warm and not info.keeps_forever(now):
+                    repin.append(name)
         for tag, r in active.items():
             if tag in seen or r.state in ("requested", "loading"):
                 continue  # the load task owns these
@@ -252,6 +262,16 @@ def sync_endpoint(endpoint_id: int) -> str:
                 trigger="expiry" if expired else "external", requested_at=now, finished_at=now, vram_mib=r.vram_mib,
                 residency=r,
             )
+    pinned = 0
+    for name in repin:  # outside the transaction: no row lock is held across HTTP
+        try:
+            client.load(name, keep_alive=endpoint.keep_alive, num_ctx=endpoint.num_ctx)
+            pinned += 1
+        except (OllamaUnavailable, OllamaError) as exc:
+            log.warning("keep-warm: could not pin %s on %s again: %s", name, endpoint.name, exc)
+    if pinned:
+        log.info("keep-warm: pinned %d model(s) on %s again after a client's keep_alive", pinned, endpoint.name)
+        return f"{endpoint.name} up: {len(running)} running, {pinned} pinned again"
     return f"{endpoint.name} up: {len(running)} running"
 
 

@@ -321,6 +321,32 @@ def test_sync_adopts_a_model_loaded_behind_towerops_back(ops):
     assert m.LoadEvent.objects.count() == 1
 
 
+def test_sync_pins_a_keep_warm_model_again_after_a_client_sent_its_own_keep_alive(ops):
+    """The Tower's endpoints keep warm (-1m). A LangChain-style client sends keep_alive "5m" with
+    its request, and Ollama would drop the model 5 minutes later; the next sync pins it again."""
+    r = ops.load("tinyllama", NVIDIA)
+    nvidia = m.Endpoint.objects.get(name=NVIDIA)
+    with OllamaClient(ops.sim.url(NVIDIA)) as c:
+        assert all(x.keeps_forever() for x in c.ps())
+        c.generate("tinyllama", "hello", keep_alive="5m", num_ctx=4096)
+        assert not any(x.keeps_forever() for x in c.ps())  # Ollama now expires it in 5 minutes
+
+        assert tasks.sync_endpoint(nvidia.pk) == "tower-nvidia up: 1 running, 1 pinned again"
+        assert [x.keeps_forever() for x in c.ps()] == [True]
+    assert tasks.sync_endpoint(nvidia.pk) == "tower-nvidia up: 1 running"  # nothing to pin now
+    r.refresh_from_db()
+    assert r.state == "loaded" and m.LoadEvent.objects.filter(residency=r).count() == 1  # no reload, no event
+    assert [e.kind for e in ops.sim.events if e.endpoint == NVIDIA].count("load_start") == 1
+
+    # An endpoint with a finite keep_alive is left to it: the client's timer stands.
+    m.Endpoint.objects.filter(name=AMD).update(keep_alive="30m")
+    ops.load("llama3.2:3b", AMD)
+    with OllamaClient(ops.sim.url(AMD)) as c:
+        c.generate("llama3.2:3b", "hello", keep_alive="5m", num_ctx=4096)
+        assert tasks.sync_endpoint(m.Endpoint.objects.get(name=AMD).pk) == "tower-amd up: 1 running"
+        assert not any(x.keeps_forever() for x in c.ps())
+
+
 def test_sync_leaves_a_reserved_load_to_its_task(ops):
     rid = ops.reserve("tinyllama", AMD)  # requested; its task has not run yet
     with OllamaClient(ops.sim.url(AMD)) as c:  # someone loads it in the meantime
