@@ -35,7 +35,7 @@ class EndpointAdmin(SimpleHistoryAdmin):
 
 @admin.register(m.LlmModel)
 class LlmModelAdmin(SimpleHistoryAdmin):
-    list_display = ("tag", "kind", "vram_mib", "load_s", "tokens_per_s", "enabled", "pinned")
+    list_display = ("tag", "kind", "vram_mib", "load_s", "tokens_per_s", "prefill_tokens_per_s", "enabled", "pinned")
     list_filter = ("kind", "enabled", "pinned")
     search_fields = ("tag", "family")
     inlines = [QualityScoreInline]
