@@ -114,3 +114,68 @@ def test_a_model_filter_is_resolved_to_its_id_first(viewer_client, decisions):
         response = viewer_client.get(reverse("console:decisions"), {"model": "no-such-model"})
     assert list(response.context["rows"]) == [] and b"no decisions match" in response.content
     assert not [x for x in q.captured_queries if "models_registry_selectiondecision" in x["sql"]]
+
+
+@pytest.mark.django_db
+def test_a_filter_combination_reads_only_the_hours_the_rollups_say_hold_its_rows(viewer_client, tower, monkeypatch):
+    """Two filters have no index together; the hourly rollups' counts bound the scan to the hours
+    holding the page's rows. The pages are the same as an unbounded query's, also across an hour
+    whose rollup is missing (read, not skipped), and an empty combination reads only the hours
+    not rolled up yet."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from models_registry import reports
+
+    monkeypatch.setattr(views, "PAGE_SIZE", 3)
+    now = timezone.now()
+    top = reports.floor_hour(now)
+    base = make_decision("general", "batch", at=now)
+    fields = {f.attname: getattr(base, f.attname) for f in m.SelectionDecision._meta.concrete_fields
+              if f.attname != "id"}
+    m.SelectionDecision.objects.bulk_create([
+        m.SelectionDecision(**{**fields, "created_at": top - dt.timedelta(hours=h) + dt.timedelta(minutes=k),
+                               "urgency": "batch" if h in (2, 5) else "interactive"})
+        for h in range(1, 8) for k in range(4)
+    ])
+    for h in range(1, 8):
+        reports.rollup_hour(top - dt.timedelta(hours=h), now=now)
+    m.SloHourlyRollup.objects.filter(hour=top - dt.timedelta(hours=4)).delete()  # never rolled up
+    expected = list(m.SelectionDecision.objects.filter(task_type__name="general", urgency="batch")
+                    .order_by("-created_at", "-id").values_list("pk", flat=True))
+    assert len(expected) == 9
+
+    seen, query, bounds = [], {"task_type": "general", "urgency": "batch"}, []
+    url = reverse("console:decisions")
+    while True:
+        with CaptureQueriesContext(connection) as q:
+            page = viewer_client.get(url + "?" + query) if isinstance(query, str) else viewer_client.get(url, query)
+        seen += [d.pk for d in page.context["rows"]]
+        listing = [x["sql"] for x in q.captured_queries if 'FROM "models_registry_selectiondecision"' in x["sql"]
+                   and "ORDER BY" in x["sql"] and "LIMIT 1" not in x["sql"]]
+        assert len(listing) == 1
+        bounds.append('"created_at" >= ' in listing[0])
+        if not page.context["next_query"]:
+            break
+        query = page.context["next_query"]
+    assert seen == expected
+    assert all(bounds)
+
+    with CaptureQueriesContext(connection) as q:
+        page = viewer_client.get(url, {"task_type": "general", "urgency": "critical"})
+    assert list(page.context["rows"]) == []
+    listing = [x for x in q.captured_queries if "ORDER BY" in x["sql"] and "selectiondecision" in x["sql"]
+               and "LIMIT 1" not in x["sql"]]
+    # Read from the hour with no rollup (4 h ago) on: every rolled-up hour below it holds none.
+    floor = (top - dt.timedelta(hours=4)).strftime("%Y-%m-%d %H:00:00")
+    assert len(listing) == 1 and f'"created_at" >= \'{floor}' in listing[0]["sql"]
+    reports.rollup_hour(top - dt.timedelta(hours=4), now=now)
+    with CaptureQueriesContext(connection) as q:
+        page = viewer_client.get(url, {"task_type": "general", "urgency": "critical"})
+    listing = [x for x in q.captured_queries if "ORDER BY" in x["sql"] and "selectiondecision" in x["sql"]
+               and "LIMIT 1" not in x["sql"]]
+    # Only the hours not rolled up: the current one, and the last one while it settles (the first
+    # minutes of an hour: reports.rollup_hour returns None for it then).
+    settled = m.SloHourlyRollup.objects.filter(hour=top - dt.timedelta(hours=1), computed_at__isnull=False).exists()
+    floor = (top if settled else top - dt.timedelta(hours=1)).strftime("%Y-%m-%d %H:00:00")
+    assert f'"created_at" >= \'{floor}' in listing[0]["sql"]
