@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,7 +46,8 @@ def worlds(draw):
             gpus.append(GpuView(key, key, total, draw(st.integers(0, 1500)), measured))
             keys.append(key)
         endpoints.append(EndpointView(f"ep{e}", tuple(keys), allow_split=draw(st.booleans()),
-                                      up=draw(st.sampled_from((True, True, True, False)))))
+                                      up=draw(st.sampled_from((True, True, True, False))),
+                                      num_ctx=draw(st.one_of(st.none(), st.integers(512, 8192)))))
     models = []
     for i in range(draw(st.integers(1, 8))):
         models.append(ModelView(
@@ -55,6 +57,7 @@ def worlds(draw):
             load_s_by_endpoint=tuple((f"ep{e}", draw(st.floats(0.5, 60)))
                                      for e in range(n_eps) if draw(st.booleans())),
             tokens_per_s=draw(st.floats(5, 300)),
+            prefill_tokens_per_s=draw(st.one_of(st.just(0.0), st.floats(100, 6000))),
             quality={t: draw(st.floats(0, 1)) for t in TASKS if draw(st.integers(0, 5))},
             enabled=draw(st.integers(0, 6)) > 0,
             pinned=draw(st.integers(0, 6)) == 0,
@@ -77,6 +80,7 @@ def worlds(draw):
             last_used_at=draw(st.one_of(st.none(), st.floats(NOW - 5000, NOW))),
             in_flight=draw(st.sampled_from((0, 0, 0, 1, 3))),
             pinned=draw(st.integers(0, 5)) == 0,
+            busy_s=draw(st.one_of(st.none(), st.floats(0, 90))),  # long queues: second copies
         ))
     params = PolicyParams(recent_use_window_s=draw(st.sampled_from((0.0, 900.0))))
     return World(NOW, tuple(gpus), tuple(endpoints), tuple(residents), tuple(models),
@@ -91,6 +95,7 @@ requests = st.builds(
     min_quality=st.one_of(st.none(), st.floats(0, 1)),
     max_wait_s=st.one_of(st.none(), st.floats(0, 100)),
     expected_output_tokens=st.one_of(st.none(), st.integers(0, 4000)),
+    input_tokens=st.one_of(st.none(), st.integers(0, 20000)),
 )
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -214,3 +219,22 @@ def test_place_many_never_over_commits_nor_evicts_busy_or_wanted(world, tags):
             used[g] += mib
     for g, mib in used.items():
         assert mib <= max(free[g], 0) + freed[g]
+
+
+@SETTINGS
+@given(worlds(), requests)
+def test_the_prompt_is_part_of_the_wait_and_a_copy_goes_where_the_model_is_not(world, request):
+    d = select(world, request)
+    if d.action in ("use_loaded", "wait_for_load", "load"):
+        m = next(x for x in world.models if x.tag == d.model)
+        ep = next(e for e in world.endpoints if e.key == d.endpoint)
+        prompt = min(request.input_tokens or 0, ep.num_ctx if ep.num_ctx is not None else 10**9)
+        rate = m.prefill_tokens_per_s * (world.params.split_throughput_factor if len(d.gpus) > 1 else 1.0)
+        assert d.expected_prefill_s == pytest.approx(prompt / rate if rate > 0 else 0.0)
+        assert d.expected_wait_s >= d.expected_prefill_s - 1e-9
+    else:
+        assert d.expected_prefill_s == 0.0
+    if d.action == "load":
+        # Never a second load where the model already is (Ollama has one copy per server).
+        assert not any(r.model == d.model and r.endpoint == d.endpoint and r.state != "unloading"
+                       for r in world.residents)
