@@ -616,6 +616,7 @@ def replay_run(request, pk: int):
     ]
     ctx = {
         "run": run, "columns": columns, "rows": rows, "extra": extra,
+        "policy_version": next((s["policy_version"] for s in run.summaries if s.get("policy_version")), None),
         "profiles": len({c["profile"] for c in columns}) > 1,
         "plots": list(run.plots.values_list("name", flat=True)),
     }

@@ -8,6 +8,7 @@ import math
 from collections import Counter
 
 from models_registry import metrics
+from models_registry.policy.select import POLICY_VERSION
 
 from .sim import SimResult
 
@@ -39,6 +40,9 @@ def summarize(res: SimResult) -> dict:
     qualities = [s.quality for s in res.served if s.quality is not None]
     return {
         "policy": res.policy,
+        # the decision core's version for towerops (it is the production policy), so stored runs
+        # from before and after a policy change can be told apart
+        "policy_version": POLICY_VERSION if res.policy == "towerops" else None,
         "requests": len(res.served),
         "slo": {n: {"value": v.value, "target": f"{metrics.COMPARATORS[targets[n].comparator]} {targets[n].value:g}",
                     "met": metrics.check(v.value, targets[n]), "detail": v.detail} for n, v in slo.items()},

@@ -54,6 +54,10 @@ def test_the_detail_shows_the_parameters_the_slo_table_and_the_plots(viewer_clie
     html = response.content.decode()
     assert response.status_code == 200
     assert "time scale 1.0 · sample 0.01 · seed 3" in html
+    from models_registry.policy import POLICY_VERSION
+
+    assert f"towerops policy {POLICY_VERSION}" in html  # the decision core the run used
+    assert [s["policy_version"] for s in stored_run.summaries] == [POLICY_VERSION, None] * 2
     assert "starts Thu 2023-11-16 18:15:46 UTC" in html and "code floor 0.85" in html
     assert [(c["profile"], c["policy"]) for c in response.context["columns"]] == [
         ("base", "towerops"), ("base", "ollama_default"), ("code floor 0.85", "towerops"),
