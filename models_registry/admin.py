@@ -43,7 +43,7 @@ class LlmModelAdmin(SimpleHistoryAdmin):
 
 @admin.register(m.TaskType)
 class TaskTypeAdmin(SimpleHistoryAdmin):
-    list_display = ("name", "quality_floor", "default_output_tokens")
+    list_display = ("name", "quality_floor", "default_output_tokens", "default_input_tokens")
 
 
 @admin.register(m.QualityScore)

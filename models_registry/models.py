@@ -167,6 +167,8 @@ class TaskType(models.Model):
     description = models.TextField(blank=True)
     quality_floor = models.FloatField(validators=ZERO_TO_ONE)
     default_output_tokens = models.PositiveIntegerField(default=64)
+    default_input_tokens = models.PositiveIntegerField(
+        default=0, help_text="the prompt length assumed when a request does not give input_tokens")
     history = HistoricalRecords()
 
     class Meta:

@@ -117,6 +117,8 @@ class TaskTypeSpec(_Strict):
     description: str = ""
     quality_floor: float = Field(ge=0, le=1)
     default_output_tokens: int = Field(64, ge=0, le=1_000_000)
+    # The prompt length assumed for a request that does not say (0: its prefill is not counted).
+    default_input_tokens: int = Field(0, ge=0, le=10_000_000)
 
 
 class UrgencySpec(_Strict):
@@ -264,7 +266,8 @@ class Profile(_Strict):
             residents=tuple(residents),
             models=models,
             task_types=tuple(
-                TaskTypeView(t.name, t.quality_floor, t.default_output_tokens) for t in self.task_types
+                TaskTypeView(t.name, t.quality_floor, t.default_output_tokens, t.default_input_tokens)
+                for t in self.task_types
             ),
             urgencies=tuple(
                 UrgencyView(u.name, u.patience_s, u.wait_weight, u.eviction_penalty, u.use_loaded_if_acceptable)

@@ -115,6 +115,7 @@ def import_profile(profile: Profile, user=None) -> ImportSummary:
                 "description": t.description,
                 "quality_floor": t.quality_floor,
                 "default_output_tokens": t.default_output_tokens,
+                "default_input_tokens": t.default_input_tokens,
             },
             s,
             "task types",

@@ -104,7 +104,8 @@ def _read_config() -> Config:
     return Config(
         models=models,
         task_types=tuple(
-            TaskTypeView(t.name, t.quality_floor, t.default_output_tokens) for t in m.TaskType.objects.all()
+            TaskTypeView(t.name, t.quality_floor, t.default_output_tokens, t.default_input_tokens)
+            for t in m.TaskType.objects.all()
         ),
         urgencies=tuple(
             UrgencyView(u.name, u.patience_s, u.wait_weight, u.eviction_penalty, u.use_loaded_if_acceptable)

@@ -109,8 +109,11 @@ def test_prefill_and_the_context_reach_the_live_policy(tmp_path):
     from models_registry.profile import parse_profile
     from models_registry.services import import_profile
 
-    data = _bad(lambda d: d["models"][2].update(prefill_tokens_per_s=1500))  # qwen2.5-coder:7b
+    data = _bad(lambda d: (d["models"][2].update(prefill_tokens_per_s=1500),  # qwen2.5-coder:7b
+                           d["task_types"][5].update(default_input_tokens=3000)))  # summarization
     import_profile(parse_profile(data))
+    assert m.TaskType.objects.get(name="summarization").default_input_tokens == 3000
+    assert m.TaskType.objects.get(name="general").default_input_tokens == 0
     assert m.LlmModel.objects.get(tag="qwen2.5-coder:7b").prefill_tokens_per_s == 1500
     assert m.LlmModel.objects.get(tag="mistral:7b").prefill_tokens_per_s is None
     state.invalidate_config()
@@ -120,6 +123,7 @@ def test_prefill_and_the_context_reach_the_live_policy(tmp_path):
     assert by_tag["mistral:7b"].prefill_tokens_per_s == 20 * 42
     assert all(x.prefill_tokens_per_s == 0 for x in cfg.models if x.kind == "remote")
     assert cfg.endpoint_ctx == {"tower-amd": 4096, "tower-nvidia": 4096}
+    assert {t.name: t.default_input_tokens for t in cfg.task_types}["summarization"] == 3000
 
 
 @pytest.mark.django_db

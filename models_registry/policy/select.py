@@ -10,7 +10,7 @@ For the request's task type T and urgency class U:
 * floor    = max(T.quality_floor, request.min_quality)
 * patience = request.max_wait_s if given, else U.patience_s
 * tokens   = request.expected_output_tokens if given, else T.default_output_tokens
-* prompt   = request.input_tokens if given, else 0
+* prompt   = request.input_tokens if given, else T.default_input_tokens (default 0)
 
 Every enabled local model gets one candidate, at its best placement on an up endpoint:
   - already ``loaded`` there   -> action use_loaded,    wait = busy_s when known (the time
@@ -144,7 +144,9 @@ def select(world: World, request: SelectionRequest) -> Decision:
     tokens = request.expected_output_tokens
     if tokens is None:
         tokens = task.default_output_tokens
-    prompt = request.input_tokens or 0
+    prompt = request.input_tokens
+    if prompt is None:
+        prompt = task.default_input_tokens
     w = urg.wait_weight
     penalty = urg.eviction_penalty
     params = world.params

@@ -91,6 +91,7 @@ class TaskTypeView:
     name: str
     quality_floor: float  # a model below this is not acceptable for the task
     default_output_tokens: int = 64  # used when a request does not say
+    default_input_tokens: int = 0  # the prompt assumed when a request does not say (0: no prefill)
 
 
 @dataclass(frozen=True)

@@ -568,3 +568,16 @@ def test_an_eviction_costs_the_victims_reload_at_the_requests_exchange_rate(towe
     # than its thrash penalty.
     c = cand(select(w, req("code_generation", "batch")), "qwen2.5-coder:7b")
     assert c.score == pytest.approx(0.88 - 0.0001 * 13.5 - (2 / 3) * (0.05 + 0.0001 * 6.8))
+
+
+def test_a_task_types_default_prompt_stands_in_when_the_request_gives_none(tower):
+    """summarization with default_input_tokens 3,200: llama3.2:3b (1,600 t/s) needs 2 s for it; a
+    request that says its prompt is empty (0) or short gets that instead."""
+    w = tower.world(tower.res("llama3.2:3b", tower.nvidia, busy_s=0.0))
+    w = replace(w, task_types=tuple(replace(t, default_input_tokens=3200) if t.name == "summarization" else t
+                                    for t in w.task_types))
+    d = select(w, req("summarization", "critical"))
+    assert (d.model, d.expected_prefill_s) == ("llama3.2:3b", pytest.approx(2.0))
+    assert select(w, req("summarization", "critical", input_tokens=0)).expected_prefill_s == 0.0
+    assert select(w, req("summarization", "critical", input_tokens=800)).expected_prefill_s == pytest.approx(0.5)
+    assert select(w, req("general", "critical")).expected_prefill_s == 0.0  # general has no default
