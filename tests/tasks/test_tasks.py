@@ -323,13 +323,13 @@ def test_sync_adopts_a_model_loaded_behind_towerops_back(ops):
 
 def test_sync_pins_a_keep_warm_model_again_after_a_client_sent_its_own_keep_alive(ops):
     """The Tower's endpoints keep warm (-1m). A LangChain-style client sends keep_alive "5m" with
-    its request, and Ollama would drop the model 5 minutes later; the next sync pins it again."""
+    its request (here "30m", 18 s at this speed), and Ollama would drop the model then; the next sync pins it again."""
     r = ops.load("tinyllama", NVIDIA)
     nvidia = m.Endpoint.objects.get(name=NVIDIA)
     with OllamaClient(ops.sim.url(NVIDIA)) as c:
         assert all(x.keeps_forever() for x in c.ps())
-        c.generate("tinyllama", "hello", keep_alive="5m", num_ctx=4096)
-        assert not any(x.keeps_forever() for x in c.ps())  # Ollama now expires it in 5 minutes
+        c.generate("tinyllama", "hello", keep_alive="30m", num_ctx=4096)
+        assert not any(x.keeps_forever() for x in c.ps())  # Ollama now expires it in 30 minutes (18 s here)
 
         assert tasks.sync_endpoint(nvidia.pk) == "tower-nvidia up: 1 running, 1 pinned again"
         assert [x.keeps_forever() for x in c.ps()] == [True]
@@ -342,7 +342,7 @@ def test_sync_pins_a_keep_warm_model_again_after_a_client_sent_its_own_keep_aliv
     m.Endpoint.objects.filter(name=AMD).update(keep_alive="30m")
     ops.load("llama3.2:3b", AMD)
     with OllamaClient(ops.sim.url(AMD)) as c:
-        c.generate("llama3.2:3b", "hello", keep_alive="5m", num_ctx=4096)
+        c.generate("llama3.2:3b", "hello", keep_alive="30m", num_ctx=4096)
         assert tasks.sync_endpoint(m.Endpoint.objects.get(name=AMD).pk) == "tower-amd up: 1 running"
         assert not any(x.keeps_forever() for x in c.ps())
 
