@@ -736,7 +736,7 @@ def decision_scan_floor(filters: dict, upper: dt.datetime, since: dt.datetime | 
     if not filters:
         return None
     where = " AND ".join(f"split_part(e.key, '|', {_COUNT_FIELDS.index(f) + 1}) = %s" for f in filters)
-    params = [str("none" if f == "action" and v is None else v) for f, v in filters.items()]
+    params = [str(v) for v in filters.values()]
     first = m.SelectionDecision.objects.order_by("created_at").values_list("created_at", flat=True).first()
     if first is None:
         return None

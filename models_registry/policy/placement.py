@@ -64,7 +64,7 @@ class Tower:
     """Per-call bookkeeping derived once from a World (internal; shared with select)."""
 
     __slots__ = ("world", "now", "window", "free", "max_free", "evictable", "up_endpoints",
-                 "down_endpoints", "_evictions", "_recency", "_room", "_models")
+                 "down_endpoints", "_evictions", "_recency", "_room")
 
     def __init__(self, world: World, protect: Iterable[str] = ()):
         self.world = world
@@ -103,7 +103,6 @@ class Tower:
         self._evictions: dict[int, Eviction] = {}
         self._recency: dict[int, float] = {}
         self._room: dict[str, tuple[int, int, int]] = {}
-        self._models: dict | None = None
 
     # -- helpers -------------------------------------------------------------------
     def eviction(self, r: ResidentView) -> Eviction:
@@ -112,12 +111,6 @@ class Tower:
             ev = Eviction(model=r.model, endpoint=r.endpoint, gpus=r.gpus, vram_mib=r.vram_mib)
             self._evictions[id(r)] = ev
         return ev
-
-    def model(self, tag: str):
-        """The ModelView of ``tag`` (a resident's model is always in the catalog)."""
-        if self._models is None:
-            self._models = {m.tag: m for m in self.world.models}
-        return self._models[tag]
 
     def recency_of(self, r: ResidentView) -> float:
         v = self._recency.get(id(r))

@@ -21,9 +21,9 @@ Every enabled local model gets one candidate, at its best placement on an up end
     (fits = VRAM need <= free VRAM after evicting idle, unpinned models, LRU first;
     a model too big for any one GPU may split across the GPUs of one endpoint with
     allow_split: tokens/s * params.split_throughput_factor; see placement.py)
-  - resident, but its best wait above is longer than a load (and U is not critical): also a copy loaded on
-    another endpoint where it fits (action load, as above); the better score of the two
-    wins, the resident on a tie. Ollama serves one request at a time per model and server,
+  - resident, but its best wait above is longer than a load (and U is not critical): also
+    a copy loaded on another endpoint where it fits (action load, as above); the better
+    score of the two wins, the resident on a tie. Ollama serves one request at a time per model and server,
     so a second copy is a second queue; it is loaded only when waiting for the first
     costs more than loading it.
   wait += min(prompt, endpoint num_ctx) / (prefill_tokens_per_s, × the split factor when
@@ -60,7 +60,7 @@ The weights are data (UrgencyView, TaskTypeView, PolicyParams), not constants he
 """
 from __future__ import annotations
 
-from .placement import Tower
+from .placement import Tower, _model
 from .types import Candidate, Decision, SelectionRequest, World
 
 POLICY_VERSION = "2026.11-2"  # -2: prompt prefill in the wait; copies on another endpoint
@@ -407,7 +407,7 @@ def _reload_s(tower: Tower, evicted) -> float:
     for r in evicted:
         rec = tower.recency_of(r)
         if rec > 0.0:
-            total += rec * tower.model(r.model).load_s_on(r.endpoint)
+            total += rec * _model(tower.world, r.model).load_s_on(r.endpoint)  # evictions are few
     return total
 
 

@@ -8,7 +8,7 @@ import math
 from collections import Counter
 
 from models_registry import metrics
-from models_registry.policy.select import POLICY_VERSION
+from models_registry.policy import POLICY_VERSION
 
 from .sim import SimResult
 
