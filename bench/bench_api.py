@@ -43,7 +43,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,7 +64,7 @@ SETUP = r"""
 import datetime as dt, json, django
 django.setup()
 from models_registry import models as m
-from models_registry.auth import create_key
+from models_registry.api.auth import create_key
 now = dt.datetime.now(dt.timezone.utc)
 model = m.LlmModel.objects.get(tag="llama3.2:3b")
 ep = m.Endpoint.objects.get(name="tower-nvidia")

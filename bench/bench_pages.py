@@ -1,3 +1,4 @@
+
 """Console pages at scale: server time and SQL queries of every page on the SLO bench's data set.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \\
@@ -10,7 +11,7 @@
    it (new indexes). Then tops it up to now: decisions, outcomes, load events and
    snapshots at the density of its last day, from its newest row to this moment (so the
    current hour, which every SLO view reads raw, holds as many rows as it would live),
-   and rolls up the hours the beat would have (reports.rollup_due). --no-top-up skips that;
+   and rolls up the hours the beat would have (rollups.rollup_due). --no-top-up skips that;
    --rebuild-rollups recomputes every hour (after a migration that adds to the rollups).
 2. Logs in a staff user (`bench-pages`) with Django's test client, in this process.
 3. Times every entry of PAGES below: a warm-up call (its SQL queries counted with
@@ -344,7 +345,8 @@ def main() -> None:
     from django.test import Client
     from django.test.utils import setup_test_environment
 
-    from models_registry import reports
+    from models_registry import timeutil
+    from models_registry.slo import rollups
 
     call_command("migrate", verbosity=0)  # new indexes
     if not built and not args.no_top_up:
@@ -356,21 +358,21 @@ def main() -> None:
             print(f"topped up {counts.get('hours', 0):.2f} h in {time.perf_counter() - t:.1f} s: {counts}", flush=True)
     t = time.perf_counter()
     if built or args.rebuild_rollups:
-        n = reports.rollup_range(reports.data_start(), reports.floor_hour(reports.utcnow()))
+        n = rollups.rollup_range(rollups.data_start(), rollups.floor_hour(timeutil.utcnow()))
     else:
-        n = len(reports.rollup_due(limit=10_000))
+        n = len(rollups.rollup_due(limit=10_000))
     print(f"rolled up {n} hours in {time.perf_counter() - t:.1f} s", flush=True)
 
     if args.minute is not None:
         import time_machine
 
-        at = reports.floor_hour(reports.utcnow()) - reports.HOUR + dt.timedelta(minutes=args.minute, seconds=30)
+        at = rollups.floor_hour(timeutil.utcnow()) - rollups.HOUR + dt.timedelta(minutes=args.minute, seconds=30)
         time_machine.travel(at, tick=False).start()  # stopped there: a long run must not cross the hour
     setup_test_environment()
     user, _ = get_user_model().objects.get_or_create(username="bench-pages", defaults={"is_staff": True})
     client = Client()
     client.force_login(user)
-    now = reports.utcnow()
+    now = timeutil.utcnow()
     values = placeholders(now)
 
     start = time.perf_counter()

@@ -19,8 +19,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models_registry.profile import load_profile_file  # noqa: E402
-from models_registry.replay import load_mapping, map_rows, read_trace, scale_and_sample, simulate  # noqa: E402
+from models_registry.catalog.profile import load_profile_file  # noqa: E402
+from models_registry.replay import (  # noqa: E402
+    load_mapping,
+    map_rows,
+    read_trace,
+    scale_and_sample,
+    simulate,
+)
 
 MERGED_ORIGIN = dt.datetime(2023, 11, 16, 18, 15, 46, 680590, tzinfo=dt.timezone.utc)  # data/traces/README.md
 

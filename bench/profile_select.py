@@ -44,7 +44,7 @@ def main() -> int:
     from django.test.utils import CaptureQueriesContext
 
     from models_registry import models as m
-    from models_registry.auth import create_key
+    from models_registry.api.auth import create_key
 
     m.Endpoint.objects.update(is_up=not args.fallback)
     key = create_key("profile", ["select", "read"])[1]

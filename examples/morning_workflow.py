@@ -1,21 +1,23 @@
 """The seed's "morning workflow", against a running TowerOps server.
 
-    export TOWEROPS_URL=http://127.0.0.1:8000 TOWEROPS_API_KEY=...   # a key with select+admin
+It preloads a model, so its key needs the admin scope besides select and read:
+
+    .venv/bin/python manage.py create_api_key morning --scopes select,read,admin   # the last line is the key
+    export TOWEROPS_URL=http://127.0.0.1:8000 TOWEROPS_API_KEY=tow_...
     .venv/bin/python examples/morning_workflow.py
 
+(`scripts/run` installs the client into .venv; elsewhere `pip install ./towerops_client`.)
 First query of the day (cold), preload the coder model, query again (warm), and the
-seed's fallback: an interactive caller facing a long wait takes the fastest loaded model.
+seed's fallback: an interactive caller facing a long wait takes the fastest loaded model
+that still meets the task's quality floor.
 """
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from towerops_client import TaskUrgency, TowerModelManager, TowerOpsError  # noqa: E402
+from towerops_client import TaskUrgency, TowerModelManager, TowerOpsError
 
 
 async def morning_workflow(wait_for_load_s: float = 60.0) -> None:

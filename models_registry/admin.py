@@ -1,7 +1,11 @@
+from django import forms
 from django.contrib import admin
+from django.template.response import TemplateResponse
+from django.utils import timezone
 from simple_history.admin import SimpleHistoryAdmin
 
 from models_registry import models as m
+from models_registry.api.auth import issue_secret
 
 
 class QualityScoreInline(admin.TabularInline):
@@ -116,10 +120,64 @@ class LoadEventAdmin(ReadOnlyAdmin):
     show_full_result_count = False
 
 
+class ApiKeyForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=[(s, s) for s in m.ApiKey.SCOPES], widget=forms.CheckboxSelectMultiple,
+        help_text="select: ask for models and report outcomes; read: state, decisions, reports, /metrics; "
+                  "admin: preload and unload models; infer: the gateway's Ollama and OpenAI APIs")
+
+    class Meta:
+        model = m.ApiKey
+        fields = ("name", "scopes", "default_task", "default_urgency", "revoked_at")
+        help_texts = {"default_task": "the task type of this key's gateway requests when neither the model name "
+                                      "nor X-TowerOps-Task gives one",
+                      "default_urgency": "the urgency of its gateway requests without X-TowerOps-Urgency "
+                                         "(empty: interactive)"}
+
+    def clean_default_task(self):
+        task = self.cleaned_data.get("default_task", "")
+        if task and not m.TaskType.objects.filter(name=task).exists():
+            allowed = ", ".join(m.TaskType.objects.order_by("name").values_list("name", flat=True))
+            raise forms.ValidationError(f"unknown task type {task!r}; allowed: {allowed}")
+        return task
+
+
 @admin.register(m.ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix", "scopes", "created_at", "revoked_at", "last_used_at")
-    readonly_fields = ("prefix", "hashed_key", "created_at", "last_used_at")
+    """Keys are made here as by `manage.py create_api_key`: the secret is generated, only its hash
+    and prefix are stored, and the page after Save shows it once (never stored, never sent again)."""
+
+    form = ApiKeyForm
+    list_display = ("name", "prefix", "scopes", "created_by", "created_at", "revoked_at", "last_used_at")
+    actions = ["revoke"]
+
+    def get_fields(self, request, obj=None):
+        return ("name", "scopes", "default_task", "default_urgency") if obj is None else (
+            "name", "prefix", "scopes", "default_task", "default_urgency", "created_by", "created_at",
+            "last_used_at", "revoked_at")
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else ("prefix", "created_by", "created_at", "last_used_at")
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+            obj.scopes = sorted(set(obj.scopes))
+            request._api_key_secret = issue_secret(obj)
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        response = TemplateResponse(request, "admin/models_registry/apikey/created.html", {
+            **self.admin_site.each_context(request), "opts": self.opts, "key": obj,
+            "secret": request._api_key_secret, "title": f"API key {obj.name!r} created",
+        })
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Revoke the selected API keys")
+    def revoke(self, request, queryset):
+        n = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"{n} key(s) revoked; they stop working within a few seconds.")
 
 
 @admin.register(m.SloTarget)
@@ -130,7 +188,8 @@ class SloTargetAdmin(SimpleHistoryAdmin):
 
 @admin.register(m.SloHourlyRollup)
 class SloHourlyRollupAdmin(ReadOnlyAdmin):
-    list_display = ("hour", "decisions", "fallbacks", "met_floor", "loads", "computed_at", "dirty_at")
+    list_display = ("hour", "decisions", "fallbacks", "met_floor", "loads", "computed_at", "dirty_at", "settled_at",
+                    "sealed_at")
     date_hierarchy = "hour"
     show_full_result_count = False
 

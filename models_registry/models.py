@@ -16,7 +16,9 @@ from django.db import models
 from django.db.models import F, Q
 from simple_history.models import HistoricalRecords
 
-from models_registry.profile import window_open  # one definition: the live windows and the replay
+from models_registry.catalog.profile import (
+    window_open,  # one definition: the live windows and the replay
+)
 
 MIB_PER_GB = 1024
 ZERO_TO_ONE = [MinValueValidator(0.0), MaxValueValidator(1.0)]
@@ -85,6 +87,10 @@ class Endpoint(models.Model):
     allow_split = models.BooleanField(default=False, help_text="may one model span several of its GPUs")
     num_ctx = models.PositiveIntegerField(default=4096, help_text="context every load and request uses")
     keep_alive = models.CharField(max_length=20, default="30m")
+    num_parallel = models.PositiveSmallIntegerField(
+        default=1, help_text="requests Ollama serves at once per model (OLLAMA_NUM_PARALLEL): the gateway's slots")
+    max_loaded_models = models.PositiveSmallIntegerField(
+        default=0, help_text="models Ollama keeps loaded at once (OLLAMA_MAX_LOADED_MODELS); 0: its default, 3 per GPU")
     is_up = models.BooleanField(default=True)
     version = models.CharField(max_length=50, blank=True)
     last_checked_at = models.DateTimeField(null=True, blank=True)
@@ -144,18 +150,22 @@ class LlmModel(models.Model):
         default (PREFILL_PER_DECODE × tokens/s); 0 for a remote model (its latency covers it)."""
         if self.kind != self.Kind.LOCAL:
             return 0.0
-        from models_registry.profile import PREFILL_PER_DECODE
+        from models_registry.catalog.profile import PREFILL_PER_DECODE
 
         return self.prefill_tokens_per_s or PREFILL_PER_DECODE * self.tokens_per_s
 
 
 class LoadTimeEstimate(models.Model):
-    """Load seconds learned per model and endpoint from LoadEvents (an EWMA)."""
+    """Load seconds learned per model and endpoint from LoadEvents (an EWMA); the gateway adds
+    the prefill and generation speeds Ollama reports for the requests it forwards (EWMAs too)."""
 
     model = models.ForeignKey(LlmModel, on_delete=models.CASCADE, related_name="load_estimates")
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="load_estimates")
     seconds = models.FloatField()
     samples = models.PositiveIntegerField(default=0)
+    tokens_per_s = models.FloatField(null=True, blank=True, help_text="generation, from Ollama's eval durations")
+    prefill_tokens_per_s = models.FloatField(null=True, blank=True, help_text="from Ollama's prompt_eval durations")
+    speed_samples = models.PositiveIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -273,6 +283,29 @@ class PreloadWindow(models.Model):
 # --------------------------------------------------------------------------- state and history
 
 
+# The newest snapshot of each GPU (at or after a time). A LATERAL join reads each GPU's newest row
+# straight off an index, one probe per GPU however long the history is (DISTINCT ON or a GROUP BY
+# would read the whole history); Django's ORM cannot write LATERAL, hence SQL. One definition: the
+# selection's prepared statement (selection/world.py) uses it too. Columns: GpuSnapshot's, in order.
+LATEST_SNAPSHOT_PER_GPU_SQL = """
+SELECT s.id, s.gpu_id, s.taken_at, s.total_mib, s.used_mib, s.free_mib, s.util_pct, s.temperature_c, s.power_w
+FROM models_registry_gpu g
+CROSS JOIN LATERAL (
+    SELECT * FROM models_registry_gpusnapshot
+    WHERE gpu_id = g.id AND taken_at >= %s ORDER BY taken_at DESC LIMIT 1
+) s
+"""
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class GpuSnapshotQuerySet(models.QuerySet):
+    def latest_per_gpu(self, since: dt.datetime | None = None) -> models.query.RawQuerySet:
+        """The newest snapshot of every GPU that has one (taken at or after `since`), one row per GPU.
+
+        A RawQuerySet (see LATEST_SNAPSHOT_PER_GPU_SQL): iterate it; it does not chain."""
+        return self.raw(LATEST_SNAPSHOT_PER_GPU_SQL, [since or EPOCH])
+
+
 class GpuSnapshot(models.Model):
     gpu = models.ForeignKey(Gpu, on_delete=models.CASCADE, related_name="snapshots")
     taken_at = models.DateTimeField()
@@ -283,6 +316,8 @@ class GpuSnapshot(models.Model):
     temperature_c = models.FloatField(null=True, blank=True)
     power_w = models.FloatField(null=True, blank=True)
 
+    objects = GpuSnapshotQuerySet.as_manager()
+
     class Meta:
         indexes = [
             # Covers the VRAM history's buckets (index-only scans); the newest per GPU reads it backwards.
@@ -291,49 +326,93 @@ class GpuSnapshot(models.Model):
         ]
 
 
+class ResidencyState(models.TextChoices):
+    """Where a residency is in its life; the allowed moves are in runtime/lifecycle.py."""
+
+    REQUESTED = "requested"
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+    UNLOADED = "unloaded"
+    FAILED = "failed"
+
+
+# Active: holds VRAM (booked or real). A list, as the constraints below and their migrations have it.
+ACTIVE_RESIDENCY_STATES = [ResidencyState.REQUESTED, ResidencyState.LOADING, ResidencyState.LOADED,
+                           ResidencyState.UNLOADING]
+# The same, for the hand-written SQL that filters on it ("('requested', 'loading', ...)").
+ACTIVE_RESIDENCY_STATES_SQL = "(" + ", ".join(f"'{s.value}'" for s in ACTIVE_RESIDENCY_STATES) + ")"
+
+
+class Trigger(models.TextChoices):
+    """Why a model was loaded or unloaded (a Residency's and a LoadEvent's `trigger`)."""
+
+    SELECTION = "selection"
+    PRELOAD = "preload"
+    ADMIN = "admin"
+    EXPIRY = "expiry"
+    EXTERNAL = "external"
+    UPGRADE = "upgrade"  # moving up: a better model loaded in the background on an idle tower
+
+
+class ResidencyQuerySet(models.QuerySet):
+    def active(self) -> ResidencyQuerySet:
+        """Residencies that hold VRAM: requested, loading, loaded or unloading."""
+        return self.filter(state__in=ACTIVE_RESIDENCY_STATES)
+
+
 class Residency(models.Model):
-    """A model on an endpoint's GPU(s), from the request to load until it is gone."""
+    """A model on an endpoint's GPU(s), from the request to load until it is gone.
 
-    class State(models.TextChoices):
-        REQUESTED = "requested"
-        LOADING = "loading"
-        LOADED = "loaded"
-        UNLOADING = "unloading"
-        UNLOADED = "unloaded"
-        FAILED = "failed"
+    Its state changes only through runtime.lifecycle.transition (the table of allowed moves)."""
 
-    ACTIVE_STATES = (State.REQUESTED, State.LOADING, State.LOADED, State.UNLOADING)
+    State = ResidencyState
+    ACTIVE_STATES = tuple(ACTIVE_RESIDENCY_STATES)
 
     model = models.ForeignKey(LlmModel, on_delete=models.PROTECT, related_name="residencies")
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="residencies")
     gpus = models.ManyToManyField(Gpu, through="ResidencyGpu", related_name="residencies")
     state = models.CharField(max_length=12, choices=State.choices, default=State.REQUESTED)
-    trigger = models.CharField(max_length=12, default="selection")
+    trigger = models.CharField(max_length=12, choices=Trigger.choices, default=Trigger.SELECTION)
     vram_mib = models.PositiveIntegerField()
     requested_at = models.DateTimeField()
+    # The outbox: NULL until the load task reached the broker (runtime/dispatch.py); the relay
+    # publishes what a broker outage left here, and the requested bound counts from this.
+    dispatched_at = models.DateTimeField(null=True, blank=True)
     loaded_at = models.DateTimeField(null=True, blank=True, help_text="load started")
     ready_at = models.DateTimeField(null=True, blank=True, help_text="loaded, or expected to be")
     last_used_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
-    # TowerOps does not proxy requests, so "busy" is estimated: every selection routed here
-    # pushes busy_until out by its expected generation time. A busy model is never evicted.
+    # Advisory selections (POST /api/v1/select) are not proxied, so "busy" is estimated: every one
+    # routed here pushes busy_until out by its expected generation time. A busy model is never evicted.
+    # {urgency class: epoch seconds of its last use}: an eviction prices the reload at the rate of
+    # the classes that used the model lately (policy: ResidentView.used_by).
+    used_by = models.JSONField(default=dict, blank=True)
     busy_until = models.DateTimeField(null=True, blank=True)
+    # The same advisory selections one by one, [[decision id, created ts, service s, expires ts], ...]:
+    # one that no outcome or gateway request uses is dropped at its expiry (selection/advisory.py).
+    advisory = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
+    # Who asked for the unload (an admin, a preload window, the load that evicts it): whoever finishes
+    # it (the unload task, the load task, the state sync) records the event with this trigger.
+    unload_trigger = models.CharField(max_length=12, choices=Trigger.choices, blank=True)
+
+    objects = ResidencyQuerySet.as_manager()
 
     class Meta:
         verbose_name_plural = "residencies"
         constraints = [
             models.UniqueConstraint(
                 fields=["model", "endpoint"],
-                condition=Q(state__in=["requested", "loading", "loaded", "unloading"]),
+                condition=Q(state__in=ACTIVE_RESIDENCY_STATES),
                 name="residency_one_active_per_endpoint",
             ),
         ]
         indexes = [
             models.Index(
                 fields=["endpoint"],
-                condition=Q(state__in=["requested", "loading", "loaded", "unloading"]),
+                condition=Q(state__in=ACTIVE_RESIDENCY_STATES),
                 name="residency_active",
             ),
         ]
@@ -369,8 +448,17 @@ class SelectionDecision(models.Model):
         LOAD = "load"
         FALLBACK = "fallback"
 
+    class Source(models.TextChoices):
+        API = "api", "select API"
+        GATEWAY = "gateway", "gateway"
+
     created_at = models.DateTimeField(db_index=False)
     client = models.CharField(max_length=200, blank=True)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.API)
+    # A gateway failover: this decision was taken again after `retry_of`'s endpoint failed.
+    retry_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries", db_index=False
+    )
     # FK indexes are left to the composite (…, created_at) indexes below: fewer writes per decision.
     task_type = models.ForeignKey(TaskType, on_delete=models.PROTECT, related_name="decisions", db_index=False)
     urgency = models.CharField(max_length=20, choices=UrgencyClass.Name.choices)
@@ -406,10 +494,12 @@ class SelectionDecision(models.Model):
             models.Index(fields=["task_type", "created_at"], name="decision_task_time"),
             models.Index(fields=["model", "created_at"], name="decision_model_time"),
             # The console's decision log filters on each of these too; with the time index alone a value
-            # without rows (an action or urgency never used) walks all of it. The (action, …) index
+            # without rows (an action, urgency or source never used) walks all of it. The (action, …) index
             # replaces the partial fallback one it covers.
             models.Index(fields=["action", "created_at"], name="decision_action_time"),
             models.Index(fields=["urgency", "created_at"], name="decision_urgency_time"),
+            models.Index(fields=["source", "created_at"], name="decision_source_time"),
+            models.Index(fields=["retry_of"], condition=Q(retry_of__isnull=False), name="decision_retry_of"),
         ]
 
     def __str__(self) -> str:
@@ -417,6 +507,15 @@ class SelectionDecision(models.Model):
 
 
 class DecisionOutcome(models.Model):
+    class Result(models.TextChoices):
+        OK = "ok"
+        ERROR = "error"
+        CANCELLED = "cancelled"
+
+    class MeasuredBy(models.TextChoices):
+        CALLER = "caller", "reported by the caller"
+        GATEWAY = "gateway", "measured by the gateway"
+
     decision = models.OneToOneField(SelectionDecision, on_delete=models.CASCADE, related_name="outcome")
     reported_at = models.DateTimeField()
     response_ms = models.PositiveIntegerField()
@@ -424,6 +523,16 @@ class DecisionOutcome(models.Model):
     first_token_ms = models.PositiveIntegerField(null=True, blank=True)
     success = models.BooleanField()
     rating = models.FloatField(null=True, blank=True, validators=ZERO_TO_ONE)
+    measured_by = models.CharField(max_length=10, choices=MeasuredBy.choices, default=MeasuredBy.CALLER)
+    result = models.CharField(max_length=10, choices=Result.choices, blank=True)
+    error = models.TextField(blank=True)
+    # What Ollama reported for a request the gateway forwarded (its durations are in seconds here).
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    load_s = models.FloatField(null=True, blank=True, help_text="Ollama's load_duration (includes its own queue)")
+    prompt_eval_s = models.FloatField(null=True, blank=True)
+    eval_s = models.FloatField(null=True, blank=True)
+    total_s = models.FloatField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -444,12 +553,7 @@ class LoadEvent(models.Model):
         EVICT = "evict"
         FAIL = "fail"
 
-    class Trigger(models.TextChoices):
-        SELECTION = "selection"
-        PRELOAD = "preload"
-        ADMIN = "admin"
-        EXPIRY = "expiry"
-        EXTERNAL = "external"
+    Trigger = Trigger
 
     model = models.ForeignKey(LlmModel, on_delete=models.PROTECT, related_name="load_events", db_index=False)
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="load_events", db_index=False)
@@ -462,6 +566,8 @@ class LoadEvent(models.Model):
     duration_s = models.FloatField(null=True, blank=True)
     vram_mib = models.PositiveIntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
+    thrash = models.BooleanField(
+        default=False, help_text="a load of a model evicted from this endpoint less than 10 minutes before (metrics.is_thrash_load)")
     residency = models.ForeignKey(Residency, on_delete=models.SET_NULL, null=True, blank=True, related_name="events")
     decision = models.ForeignKey(
         SelectionDecision, on_delete=models.SET_NULL, null=True, blank=True, related_name="load_events"
@@ -486,7 +592,7 @@ class LoadEvent(models.Model):
 class ApiKey(models.Model):
     """An API key: only its SHA-256 is stored; the key itself is shown once."""
 
-    SCOPES = ("select", "read", "admin")
+    SCOPES = ("select", "read", "admin", "infer")  # infer: the gateway (models_registry/gateway/)
 
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=12, help_text="first characters, to recognise a key")
@@ -496,12 +602,15 @@ class ApiKey(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # What the gateway assumes for this key's requests when neither the model nor a header says.
+    default_task = models.SlugField(max_length=64, blank=True)
+    default_urgency = models.CharField(max_length=20, choices=UrgencyClass.Name.choices, blank=True)
 
     class Meta:
         verbose_name = "API key"
         constraints = [
             models.CheckConstraint(
-                condition=Q(scopes__contained_by=["select", "read", "admin"]) & ~Q(scopes=[]),
+                condition=Q(scopes__contained_by=["select", "read", "admin", "infer"]) & ~Q(scopes=[]),
                 name="apikey_scopes_valid",
             ),
         ]
@@ -552,9 +661,15 @@ class SloHourlyRollup(models.Model):
     """One clock hour (UTC) of the SLO metrics' additive statistics (metrics.Tally) plus the
     labelled counts the reports and Prometheus need, so windows of weeks read these rows.
 
-    Computed by tasks.rollup_hour (recompute and upsert: idempotent). `dirty_at` is set by
-    reports.mark_hour_dirty when a late outcome changes the hour; `computed_at` is null for a
+    Computed by slo.tasks.rollup_hour (recompute and upsert: idempotent). `dirty_at` is set by
+    slo.rollups.mark_hour_dirty when a late outcome changes the hour; `computed_at` is null for a
     row that only carries that mark. Label keys use ids ("action|task_type_id|urgency|model_id").
+
+    `settled_at` records when a computation first ran late enough that nothing more could be
+    recorded in the hour (TOWEROPS_LOAD_TIMEOUT_S + 60 s after it, the timeout in force then): a
+    fact, not re-derived from today's setting. `sealed_at` records that the hour's raw decisions
+    were pruned (docs/retention.md): the row is then the hour's only record and final — never
+    recomputed, never marked dirty (the constraint below refuses a dirty or unsettled sealed row).
     """
 
     hour = models.DateTimeField(unique=True)
@@ -564,11 +679,15 @@ class SloHourlyRollup(models.Model):
     fallbacks = models.PositiveIntegerField(default=0)
     met_floor = models.PositiveIntegerField(default=0)
     interactive_first_token = models.PositiveIntegerField(default=0)
+    interactive_first_token_gateway = models.PositiveIntegerField(
+        default=0, help_text="of interactive_first_token, measured by the gateway (the rest reported by callers)"
+    )
     interactive_observed = models.PositiveIntegerField(default=0)
     interactive_estimated = models.PositiveIntegerField(default=0)
     interactive_unknown = models.PositiveIntegerField(default=0)
     latency_hist = ArrayField(models.IntegerField(), default=list, help_text="metrics.LATENCY_EDGES_S buckets")
     loads = models.PositiveIntegerField(default=0)
+    thrash_loads = models.PositiveIntegerField(default=0)
     unloads = models.PositiveIntegerField(default=0)
     evictions = models.PositiveIntegerField(default=0)
     failures = models.PositiveIntegerField(default=0)
@@ -584,16 +703,49 @@ class SloHourlyRollup(models.Model):
     gpu_vram = models.JSONField(
         default=dict, help_text='{"gpus": {"gpu_id": [samples, used_mib_sum, used_mib_max, total_mib]}} (vram.py)'
     )
+    labelled_hists = models.JSONField(
+        default=dict, help_text='Prometheus histograms: {"ttft"|"wait"|"load": {"label|ids": {"h": [buckets], "s": sum}}} '
+                                '(metrics.observe; empty in hours rolled up before 0009)'
+    )
     computed_at = models.DateTimeField(null=True, blank=True)
     dirty_at = models.DateTimeField(null=True, blank=True, help_text="a late outcome changed this hour")
+    settled_at = models.DateTimeField(
+        null=True, blank=True, help_text="computed at least the load timeout in force + 60 s after the hour ended"
+    )
+    sealed_at = models.DateTimeField(
+        null=True, blank=True, help_text="raw decisions of this hour were pruned: this row is final"
+    )
 
     class Meta:
         ordering = ["hour"]
         verbose_name = "SLO hourly rollup"
         indexes = [models.Index(fields=["hour"], condition=Q(dirty_at__isnull=False), name="slorollup_dirty")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(sealed_at__isnull=True)
+                | Q(computed_at__isnull=False, settled_at__isnull=False, dirty_at__isnull=True),
+                name="slorollup_sealed_is_final",
+                violation_error_message="a sealed hour (its raw decisions pruned) cannot be marked for recompute",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H}:00 ({self.decisions} decisions)"
+
+
+class CounterCheckpoint(models.Model):
+    """The all-time sums of the good hourly rollups older than two days, with the version of each
+    rollup row they cover, kept so a new process's first /metrics scrape reads one row instead of
+    summing every hour ever rolled up (slo/counters.py). A cache: a row that changed since makes it
+    be summed again; deleting it costs one full sum."""
+
+    name = models.CharField(max_length=40, unique=True)
+    versions = models.JSONField(default=dict, help_text='{"rollup id": "row version"}')
+    totals = models.JSONField(default=dict, help_text="counters.Totals as JSON")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {len(self.versions)} rollup hours"
 
 
 # --------------------------------------------------------------------------- trace replay
@@ -637,3 +789,16 @@ class ReplayPlot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} of replay #{self.run_id}"
+
+
+# --------------------------------------------------------------------------- operations
+
+
+class ServiceHeartbeat(models.Model):
+    """The last time a background service proved it runs (`beat`: its heartbeat task ran), for /readyz."""
+
+    service = models.CharField(max_length=40, unique=True)
+    beat_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.service} at {self.beat_at:%Y-%m-%d %H:%M:%S}"

@@ -8,11 +8,13 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 stamp=".venv/.towerops-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml towerops_client/pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "Installing TowerOps and its dependencies into .venv…"
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e '.[dev]'
+    # dev: the tests; embedded: the private PostgreSQL and Redis used when no DATABASE_URL is set.
+    .venv/bin/python -m pip install --quiet -e '.[dev,embedded]'
+    .venv/bin/python -m pip install --quiet -e ./towerops_client   # the Python client (examples/)
     echo "$want" > "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"

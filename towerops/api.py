@@ -3,16 +3,40 @@ one error envelope ({"detail": ...}) for everything that can go wrong."""
 import logging
 
 from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, OperationalError
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
 from ninja import NinjaAPI
-from ninja.errors import ValidationError
+from ninja.errors import HttpError, ValidationError
 
-from models_registry.api import router as registry_router
-from models_registry.services import DomainError, UnknownChoice
+from models_registry.api.routes import router as registry_router
+from models_registry.api.parsing import BodyRejected, StrictJsonParser
+from models_registry.errors import DomainError, TooManyRequests, UnknownChoice
+from models_registry.transactions import is_conflict
 
 log = logging.getLogger(__name__)
 
-api = NinjaAPI(title="TowerOps", version="1", urls_namespace="api-v1", docs_url="/docs")
+class TowerOpsApi(NinjaAPI):
+    def get_openapi_operation_id(self, operation) -> str:
+        # Stable ids whatever module a route lives in: generated clients keep working when code moves.
+        return f"models_registry_api_{operation.view_func.__name__}"
+
+    def get_openapi_schema(self, *args, **kwargs):
+        # The catalog's task types are data, not code: the schema lists the ones defined now, so a
+        # schema-driven client (or a fuzzer) can produce accepted selections. GET /task-types too.
+        schema = super().get_openapi_schema(*args, **kwargs)
+        from models_registry.api.schemas import add_catalog_enums
+
+        add_catalog_enums(schema)
+        return schema
+
+
+api = TowerOpsApi(title="TowerOps", version="1", urls_namespace="api-v1", docs_url="/docs",
+                  parser=StrictJsonParser())
 api.add_router("/", registry_router)
 
 
@@ -35,7 +59,19 @@ def unknown_choice(request, exc: UnknownChoice):
 
 @api.exception_handler(DomainError)
 def domain_error(request, exc: DomainError):
-    return api.create_response(request, {"detail": str(exc)}, status=exc.status)
+    response = api.create_response(request, {"detail": str(exc)}, status=exc.status)
+    if isinstance(exc, TooManyRequests):
+        response["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
+@api.exception_handler(HttpError)
+def http_error(request, exc: HttpError):
+    # ninja wraps a body the parser refused in a bare 400: answer with the parser's own status and words.
+    cause = exc.__cause__
+    if isinstance(cause, BodyRejected):
+        return api.create_response(request, {"detail": cause.detail}, status=cause.status)
+    return api.create_response(request, {"detail": str(exc)}, status=exc.status_code)
 
 
 @api.exception_handler(RequestDataTooBig)
@@ -46,6 +82,12 @@ def too_big(request, exc):
 @api.exception_handler(OperationalError)
 @api.exception_handler(InterfaceError)
 def database_unavailable(request, exc):
+    if is_conflict(exc):
+        # A deadlock or serialization failure that outlived its retries (transactions.py): the
+        # database is up; this request lost to concurrent ones and changed nothing.
+        log.warning("transaction conflict after retries: %s", exc)
+        return api.create_response(
+            request, {"detail": "conflicted with concurrent changes and was not applied, retry"}, status=409)
     # Django drops the broken connection at the end of the request; the next one reconnects.
     log.warning("database unavailable: %s", exc)
     return api.create_response(request, {"detail": "database unavailable, retry shortly"}, status=503)

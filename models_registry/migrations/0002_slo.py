@@ -6,8 +6,6 @@ import simple_history.models
 from django.conf import settings
 from django.db import migrations, models
 
-
-
 # The seed's five targets (models_registry.metrics.DEFAULT_TARGETS, written out here so
 # this migration does not change if the module's defaults do).
 SEED_TARGETS = [

@@ -6,7 +6,10 @@
 # buckets read (gpu, taken_at) INCLUDE (used_mib) index-only; it replaces (gpu, -taken_at).
 
 import django.db.models.deletion
-from django.contrib.postgres.operations import AddIndexConcurrently, RemoveIndexConcurrently
+from django.contrib.postgres.operations import (
+    AddIndexConcurrently,
+    RemoveIndexConcurrently,
+)
 from django.db import migrations, models
 
 

@@ -1,6 +1,7 @@
 """TowerOps' decision core: pure functions over immutable snapshots (standard library only).
 
     select(world, request) -> Decision         which model serves a request, and why
+    select_named(world, request, tag)          where a model the caller named is served (gateway)
     place(world, tag) -> Placement | None      where a fresh load of a model would go
     place_many(world, tags) -> {tag: Placement | None}   a warm set, never over-committing
     free_mib_by_gpu(world) -> {gpu key: MiB}   the VRAM bookkeeping both use
@@ -9,8 +10,8 @@
 The scoring rule is documented once, in models_registry/policy/select.py.
 """
 from .placement import free_mib_by_gpu, place, place_many, recency
+from .named import select_named
 from .select import POLICY_VERSION, PolicyInputError, select
-from .warmset import WarmSetFit, empty_tower, fit_warm_set, never_fits
 from .types import (
     Candidate,
     Decision,
@@ -26,6 +27,7 @@ from .types import (
     UrgencyView,
     World,
 )
+from .warmset import WarmSetFit, empty_tower, fit_warm_set, never_fits
 
 __all__ = [
     "WarmSetFit",
@@ -52,4 +54,5 @@ __all__ = [
     "place_many",
     "recency",
     "select",
+    "select_named",
 ]

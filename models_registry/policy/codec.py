@@ -26,6 +26,7 @@ def world_to_dict(world: World) -> dict:
         "task_types": [asdict(t) for t in world.task_types],
         "urgencies": [asdict(u) for u in world.urgencies],
         "params": asdict(world.params),
+        "wanted": list(world.wanted),
     }
 
 
@@ -35,7 +36,8 @@ def world_from_dict(d: dict) -> World:
         gpus=tuple(GpuView(**g) for g in d["gpus"]),
         endpoints=tuple(EndpointView(**{**e, "gpus": tuple(e["gpus"])}) for e in d["endpoints"]),
         residents=tuple(
-            ResidentView(**{**r, "vram_by_gpu": tuple((g, int(m)) for g, m in r["vram_by_gpu"])})
+            ResidentView(**{**r, "vram_by_gpu": tuple((g, int(m)) for g, m in r["vram_by_gpu"]),
+                            "used_by": tuple((u, float(t)) for u, t in r.get("used_by") or ())})
             for r in d["residents"]
         ),
         models=tuple(
@@ -45,4 +47,5 @@ def world_from_dict(d: dict) -> World:
         task_types=tuple(TaskTypeView(**t) for t in d["task_types"]),
         urgencies=tuple(UrgencyView(**u) for u in d["urgencies"]),
         params=PolicyParams(**d["params"]),
+        wanted=tuple(d.get("wanted") or ()),
     )

@@ -13,16 +13,18 @@ For the request's task type T and urgency class U:
 * prompt   = request.input_tokens if given, else T.default_input_tokens (default 0)
 
 Every enabled local model gets one candidate, at its best placement on an up endpoint:
-  - already ``loaded`` there   -> action use_loaded,    wait = busy_s when known (the time
-    the requests already routed there need), else in_flight * params.queue_slot_s
-  - ``requested``/``loading``  -> action wait_for_load, wait = max(0, ready_at - now)
-    (concurrent requests share that one load instead of starting a second)
+  - already ``loaded`` there   -> action use_loaded,    wait = its queue: busy_s when known
+    (what the requests already routed there need before a slot is free, per parallel slot),
+    else in_flight * params.queue_slot_s
+  - ``requested``/``loading``  -> action wait_for_load, wait = max(0, ready_at - now) + its
+    queue (concurrent requests share that one load instead of starting a second, and are
+    served in turn once it is ready)
   - otherwise, where it fits   -> action load,          wait = model.load_s_on(endpoint)
     (fits = VRAM need <= free VRAM after evicting idle, unpinned models, LRU first;
     a model too big for any one GPU may split across the GPUs of one endpoint with
     allow_split: tokens/s * params.split_throughput_factor; see placement.py)
-  - resident, but its best wait above is longer than a load (and U is not critical): also
-    a copy loaded on another endpoint where it fits (action load, as above); the better
+  - resident, but its queue (after any load in progress) is longer than a load and than the
+    caller's patience: also a copy loaded on another endpoint where it fits (action load, as above); the better
     score of the two wins, the resident on a tie. Ollama serves one request at a time per model and server,
     so a second copy is a second queue; it is loaded only when waiting for the first
     costs more than loading it.
@@ -30,59 +32,66 @@ Every enabled local model gets one candidate, at its best placement on an up end
     split) -- the prompt is read before the first token; Ollama truncates it to num_ctx.
     So wait is the time to the first token.
   expected_response_s = wait + tokens / tokens_per_s
+  (both speeds: what the gateway learned for the model on that endpoint, else the catalog's;
+  and where the endpoint already runs Ollama's maximum of loaded models, a load also evicts
+  the least recently used idle one there: placement.py, Tower.over_limit)
 
     score = quality[T]
             - U.wait_weight * expected_wait_s
-            - sum over evicted models E of recency(E.last_used_at)
-                  * (U.eviction_penalty + U.wait_weight * E's load seconds on its endpoint)
+            - sum over evicted models E of recency(E)
+                  * (U.eviction_penalty + rate(E) * E's load seconds on its endpoint)
 
   where recency = 1 for a model used just now, falling linearly to 0 at
-  params.recent_use_window_s ago (never used = 0): evicting what just served costs,
-  which keeps a small gain from causing thrash. The second term prices the reload the
-  eviction is likely to cost the next caller of E at this request's own exchange rate, so
-  a busy tower does not trade one model for another and back (a request does not evict
-  a model that just served unless its own gain outweighs that model's reload).
+  params.recent_use_window_s ago (never used = 0), and 1 all through the window of a model
+  an open preload window wants: evicting what just served costs, which keeps a small gain
+  from causing thrash. The second term prices the reload the eviction is likely to cost the
+  next callers of E at *their* exchange rate: rate(E) = the highest wait_weight of the
+  urgency classes that used E within the window (a window's model: at least the highest
+  non-critical one; unknown: U's own), so a batch request does not evict what interactive
+  users just used, and a busy tower does not trade one model for another and back.
+  A model loaded less than params.min_residency_s ago is not evicted at all (placement.py).
 
 Choice:
   1. eligible = fits, quality >= floor, wait <= patience. If U.use_loaded_if_acceptable
-     (critical) and some model already loaded on an up endpoint meets the floor, only
-     loaded models are eligible: a critical request never waits for a load then.
-     -> the eligible candidate with the highest score.
+     (critical) and some model already loaded on an up endpoint meets the floor with its
+     queue within patience, only loaded models are eligible: a critical request never waits
+     for a load then. -> the eligible candidate with the highest score.
+  1b. critical, and no loaded model meets the floor within patience: the candidate meeting
+     the floor whose first token comes soonest — a copy, a load, a queued loaded model or
+     the remote (wait = remote_latency_s) alike; then the higher score. ``warned`` when even
+     that is beyond patience. Critical means the fastest acceptable answer.
   2. none eligible, but some local candidate fits and meets the floor -> the one of those
      with the highest score (the same exchange rate, without the patience cut-off; so a
      waiting caller gets the fastest acceptable model and a patient one the best),
      ``warned`` = True, and the reason says nothing met both the floor and the patience.
   3. no local candidate fits and meets the floor (or every endpoint is down) -> the best
      enabled remote model (score with wait = remote_latency_s; those meeting the floor
-     first), action ``fallback``; none -> Decision.model None, with the reason.
+     first), action ``fallback``; none -> Decision.model None, with the reason. When no remote
+     meets the floor either, the best local model that fits (quality, then score) is chosen
+     instead if it scores better than that remote, or is as good and within patience: a
+     fallback must buy quality or time.
   Ties break on score desc, quality desc, wait asc, tag asc, endpoint asc.
 The weights are data (UrgencyView, TaskTypeView, PolicyParams), not constants here.
+
+The code follows it step by step: _resolve_terms (floor, patience, tokens, prompt), _candidates
+(one Row per model, rows.py: where it would serve, its wait and score, and the floor),
+_eligibility (patience, critical's loaded-only restriction), _choose, _explain (the texts are
+reasons.py's).
 """
 from __future__ import annotations
 
-from .placement import Tower, _model
-from .types import Candidate, Decision, SelectionRequest, World
+from operator import attrgetter
 
-POLICY_VERSION = "2026.11-2"  # -2: prompt prefill in the wait; copies on another endpoint
+from . import reasons
+from .loadplans import best_copy, fastest_plan
+from .rows import Groups, Row, Scene, Terms, candidates, decision, unplaced
+from .types import Decision, SelectionRequest, World
+from .waits import fastest_load_s, prefill_s, resident_wait
 
-INF = float("inf")
+POLICY_VERSION = "2026.12-4"  # 12-4: no churn; 12-3: a loading model's queue; 12-2: critical, the fastest acceptable
 
-# Candidate groups, in the order candidates are listed (best first).
-_CHOSEN, _ELIGIBLE, _WAITS, _LOADED_ONLY, _BELOW, _REMOTE, _NOFIT, _OFF = range(8)
-
-# A row is a list whose head is its sort key, so rows sort and compare natively (fast):
-#   [group, -score|INF, -quality, wait|INF, tag, endpoint|"", index,   <- key (index unique)
-#    quality, score, wait, response, action, endpoint, gpus, evictions, reason, meets]
-_G, _Q, _SCORE, _WAIT, _RESP, _ACTION, _EP, _GPUS, _EVICT, _REASON, _MEETS = (
-    0, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
-
-_WAIT_WORD = {"use_loaded": "queue", "wait_for_load": "remaining load", "load": "load",
-              "fallback": "remote latency"}
-_REMOTE_REASON = "remote: used only as the fallback when no local model meets the floor"
-
+_RANK = attrgetter("rank")
 _new = object.__new__
-_set = object.__setattr__
-_FAST_CANDIDATE = "__slots__" not in Candidate.__dict__
 
 
 class PolicyInputError(ValueError):
@@ -93,6 +102,16 @@ class PolicyInputError(ValueError):
         super().__init__(f"unknown {field} {value!r}; allowed: {', '.join(allowed)}")
 
 
+def select(world: World, request: SelectionRequest) -> Decision:
+    """Choose the model for ``request`` in ``world``; the rule is in the module docstring."""
+    terms = _resolve_terms(world, request)
+    scene = Scene(world, terms)
+    groups = _candidates(world, terms, scene)
+    _eligibility(groups, terms)
+    chosen, warned = _choose(groups, terms)
+    return _explain(world, groups, chosen, warned, terms, scene)
+
+
 def _find(items, name: str, field: str):
     for item in items:
         if item.name == name:
@@ -100,408 +119,254 @@ def _find(items, name: str, field: str):
     raise PolicyInputError(field, name, sorted(i.name for i in items))
 
 
-def _gb(mib: int) -> str:
-    return f"{mib / 1024:.1f} GB"
-
-
-def _down(keys: list[str]) -> str:
-    if len(keys) == 1:
-        return f"endpoint {keys[0]} is down"
-    return f"endpoints {', '.join(keys)} are down"
-
-
-def _candidate(row: list) -> Candidate:
-    if _FAST_CANDIDATE:
-        # Same object as Candidate(...) would build, without the frozen dataclass's
-        # per-field object.__setattr__ (3x cheaper; this is most of select's cost).
-        c = _new(Candidate)
-        _set(c, "__dict__", {
-            "model": row[4], "quality": row[7], "endpoint": row[12], "gpus": row[13],
-            "action": row[11], "expected_wait_s": row[9], "expected_response_s": row[10],
-            "score": row[8], "evictions": row[14], "rejected_because": row[15],
-        })
-        return c
-    return Candidate(row[4], row[7], row[12], row[13], row[11], row[9], row[10], row[8],
-                     row[14], row[15])  # pragma: no cover - only if Candidate gains slots
-
-
-def select(world: World, request: SelectionRequest) -> Decision:
-    """Choose the model for ``request`` in ``world``; the rule is in the module docstring."""
+def _resolve_terms(world: World, request: SelectionRequest) -> Terms:
+    """floor, patience, tokens and prompt for this request, with the texts that name them."""
     task = _find(world.task_types, request.task_type, "task_type")
     urg = _find(world.urgencies, request.urgency, "urgency")
-    task_name = task.name
-    floor = task.quality_floor
-    floor_text = "the " + task_name + " floor"
-    if request.min_quality is not None and request.min_quality > floor:
-        floor = request.min_quality
-        floor_text = "the requested minimum"
+    t = Terms()
+    t.task = task.name
+    t.urgency = urg.name
+    t.floor, floor_name = task.quality_floor, f"the {task.name} floor"
+    if request.min_quality is not None and request.min_quality > t.floor:
+        t.floor, floor_name = request.min_quality, "the requested minimum"
+    t.floor_text = f"{floor_name} {t.floor:.2f}"
+    t.below_floor = reasons.below_floor(t.floor_text)
     if request.max_wait_s is not None:
-        patience = request.max_wait_s
-        patience_text = f"the requested max wait {patience:g} s"
+        t.patience = request.max_wait_s
+        t.patience_text = f"the requested max wait {t.patience:g} s"
     else:
-        patience = urg.patience_s
-        patience_text = f"{urg.name} patience {patience:g} s"
-    tokens = request.expected_output_tokens
-    if tokens is None:
-        tokens = task.default_output_tokens
-    prompt = request.input_tokens
-    if prompt is None:
-        prompt = task.default_input_tokens
-    w = urg.wait_weight
-    penalty = urg.eviction_penalty
-    params = world.params
-    now = world.now
-    qslot = params.queue_slot_s
-    split_factor = params.split_throughput_factor
-    below_tail = f" below {floor_text} {floor:.2f}"
+        t.patience = urg.patience_s
+        t.patience_text = f"{urg.name} patience {t.patience:g} s"
+    tokens, prompt = request.expected_output_tokens, request.input_tokens
+    t.tokens = task.default_output_tokens if tokens is None else tokens
+    t.prompt = task.default_input_tokens if prompt is None else prompt
+    t.wait_weight = urg.wait_weight
+    t.eviction_penalty = urg.eviction_penalty
+    t.loaded_only = urg.use_loaded_if_acceptable
+    return t
 
-    tower = Tower(world)
-    up_eps = tower.up_endpoints
-    down_text = _down([e.key for e in tower.down_endpoints]) if tower.down_endpoints else ""
-    present: dict[str, list] = {}
-    if world.residents:
-        up_keys = {e.key for e in up_eps}
-        for r in world.residents:
-            if r.endpoint in up_keys and r.state != "unloading":
-                lst = present.get(r.model)
-                if lst is None:
-                    present[r.model] = [r]
-                else:
-                    lst.append(r)
-    # Per up endpoint, its GPUs' free MiB in ascending order: the first that holds a
-    # model is its tightest fit without evicting anything.
-    # A need above ``reach`` cannot be placed on the endpoint at all (not even by evicting
-    # or splitting), so the placement code is only asked about the others.
-    free = tower.free
-    levels = []
-    for ep in up_eps:
-        lv = sorted((free[g], g) for g in ep.gpus if g in free)
-        most_free, most_max_free, sum_max_free = tower.room(ep)
-        reach = most_max_free
-        if ep.allow_split and len(lv) > 1:
-            reach = max(reach, sum_max_free - params.split_overhead_mib)
-        levels.append((ep, lv, most_free, reach))
-    ctx = {e.key: e.num_ctx for e in up_eps} if prompt else None
-    # Critical requests never wait for a load while an acceptable model is loaded: no copies.
-    copies = not urg.use_loaded_if_acceptable
 
-    # need (MiB) -> (plans, best plan when the load time is the same everywhere): _plans.
-    by_need: dict[int, tuple] = {}
-    nofit: dict[int, str] = {}
-    rows: list[list] = []
-    remotes: list[list] = []
-    any_loaded_ok = False
-    idx = 0
-
+def _candidates(world: World, terms: Terms, scene: Scene) -> Groups:
+    """One row per model: where it would serve, its wait, response and score, or why it cannot
+    (disabled, no endpoint up, does not fit); those below the floor are grouped apart."""
+    task, floor, tokens, prompt, w = terms.task, terms.floor, terms.tokens, terms.prompt, terms.wait_weight
+    present, leaving, num_ctx, nofit = scene.present, scene.leaving, scene.num_ctx, scene.nofit
+    split_factor = scene.split_factor
+    planner = scene.planner
+    by_need = planner.by_need
+    n_endpoints = len(planner.rooms)
+    no_endpoint = None if n_endpoints else (scene.down or reasons.NO_ENDPOINT)
+    groups = Groups()
+    acceptable, below = groups.acceptable.append, groups.below.append
+    remote, off = groups.remote.append, groups.off.append
+    index = 0
     for m in world.models:
-        idx += 1
+        index += 1
         tag = m.tag
-        q = m.quality.get(task_name)
+        q = m.quality.get(task)
         if q is None:
-            qv = 0.0
-            meets = False
+            qv, meets = 0.0, False
         else:
-            qv = q
-            meets = q >= floor
+            qv, meets = q, q >= floor
+        if not m.enabled:
+            off(unplaced(index, tag, qv, meets, reasons.DISABLED))
+            continue
+        first_copy = None
         if m.kind != "local":
-            if m.enabled:
-                wait = m.remote_latency_s
-                tps = m.tokens_per_s
-                score = qv - w * wait
-                remotes.append([_REMOTE, -score, -qv, wait, tag, "", idx, qv, score, wait,
-                                wait + (tokens / tps if tps > 0 else 0.0), "fallback", None, (),
-                                (), _REMOTE_REASON, meets, 0.0])
-            else:
-                rows.append([_OFF, INF, -qv, INF, tag, "", idx, qv, None, None, None, None,
-                             None, (), (), "disabled", meets])
-            continue
-        if not m.enabled or not up_eps:
-            why = "disabled" if not m.enabled else (down_text or "no endpoint is configured")
-            rows.append([_OFF, INF, -qv, INF, tag, "", idx, qv, None, None, None, None, None,
-                         (), (), why, meets])
-            continue
-        tps = m.tokens_per_s
-        first_copy = None  # (endpoint, wait, action) of the resident when a copy elsewhere wins
-        rs = present.get(tag)
-        if rs is not None:
-            # Already resident: use it, or wait for the load in progress (shared).
-            best = None
-            for r in rs:
-                if r.state == "loaded":
-                    action = "use_loaded"
-                    wait = r.busy_s if r.busy_s is not None else r.in_flight * qslot
-                else:
-                    action = "wait_for_load"
-                    ready = r.ready_at
-                    if ready is None:
-                        wait = m.load_s_on(r.endpoint)
-                    else:
-                        wait = ready - now
-                        if wait < 0.0:
-                            wait = 0.0
-                if best is None or wait < best[0] or (wait == best[0] and r.endpoint < best[2].endpoint):
-                    best = (wait, action, r)
-            wait, action, r = best
-            ep_key = r.endpoint
-            gpus = r.gpus
-            evs = ()
-            split = len(gpus) > 1
-            pre = _prefill(m, prompt, ctx[ep_key], split_factor if split else 1.0) if prompt else 0.0
-            wait += pre
+            # Remote: only ever the fallback, at its round trip's latency.
+            action, endpoint, gpus, evictions, vram_by_gpu, split, pre = "fallback", None, (), (), (), False, 0.0
+            wait = m.remote_latency_s
             score = qv - w * wait
-            copy = None
-            if copies and len(levels) > len(rs) and wait - pre > _fastest_load_s(m):
-                # A second queue may be worth a load (module docstring): the best copy elsewhere.
-                hosting = {x.endpoint for x in rs}
-                plans = [p for p in _plans(m.vram_mib, by_need, levels, tower, penalty, w)[0]
-                         if p[3] not in hosting]
-                for p in plans:
-                    cpre = _prefill(m, prompt, ctx[p[3]], split_factor if p[6] else 1.0) if prompt else 0.0
-                    cwait = m.load_s_on(p[3]) + cpre
-                    cscore = qv - w * cwait - p[0]
-                    if cscore > score and (copy is None or (-cscore, p) < (-copy[0], copy[1])):
-                        copy = (cscore, p, cwait, cpre)
-            if copy is not None:
-                first_copy = (ep_key, wait - pre, action)
-                score, plan, wait, pre = copy
-                action = "load"
-                ep_key = plan[3]
-                gpus = plan[4]
-                evs = plan[5]
-                split = plan[6]
-            speed = tps * split_factor if split else tps
-        else:
+        elif no_endpoint:
+            off(unplaced(index, tag, qv, meets, no_endpoint))
+            continue
+        elif (residents := present.get(tag)) is None:
+            # A fresh load: the cheapest plan, or where it scores best when its load time differs
+            # per endpoint; never where the model is still unloading.
             need = m.vram_mib
-            entry = by_need.get(need)
-            if entry is None:
-                entry = _plans(need, by_need, levels, tower, penalty, w)
-            plans, plan = entry
+            plans, plan = by_need.get(need) or planner.plans(need)
+            gone = leaving.get(tag)
+            if gone and plans:
+                plans = [p for p in plans if p.endpoint not in gone]
+                plan = min(plans) if plans else None
             if plan is None:
-                why = nofit.get(need)
-                if why is None:
-                    why = (f"does not fit: needs {_gb(need)}, largest free GPU "
-                           f"{_gb(tower.largest_free_mib())}")
-                    if down_text:
-                        why += f" ({down_text})"
-                    nofit[need] = why
-                rows.append([_NOFIT, INF, -qv, INF, tag, "", idx, qv, None, None, None, None,
-                             None, (), (), why, meets])
+                groups.nofit.append(unplaced(index, tag, qv, meets, nofit.get(need) or scene.does_not_fit(need)))
                 continue
-            lsbe = m.load_s_by_endpoint
-            if lsbe and len(plans) > 1:
-                # Load times differ per endpoint: the best score, then the cheaper plan.
-                bkey = None
-                for p in plans:
-                    wait = m.load_s_on(p[3])
-                    key = (w * wait + p[0], wait, p)
-                    if bkey is None or key < bkey:
-                        bkey = key
-                wait = bkey[1]
-                plan = bkey[2]
-            elif lsbe:
-                wait = m.load_s_on(plan[3])
-            else:
+            if not m.load_s_by_endpoint:
                 wait = m.load_s
+            elif len(plans) > 1:
+                wait, plan = fastest_plan(m, plans, w)
+            else:
+                wait = m.load_s_on(plan.endpoint)
             action = "load"
-            ep_key = plan[3]
-            gpus = plan[4]
-            evs = plan[5]
+            cost, _, _, endpoint, gpus, evictions, split, vram_by_gpu = plan
             pre = 0.0
             if prompt:
-                pre = _prefill(m, prompt, ctx[ep_key], split_factor if plan[6] else 1.0)
+                pre = prefill_s(m, endpoint, prompt, num_ctx[endpoint], split_factor if split else 1.0)
                 wait += pre
-            score = qv - w * wait - plan[0]
-            speed = tps * split_factor if plan[6] else tps
-        resp = wait + (tokens / speed if speed > 0 else 0.0)
-        if meets:
-            if wait <= patience:
-                row = [_ELIGIBLE, -score, -qv, wait, tag, ep_key, idx, qv, score, wait,
-                       resp, action, ep_key, gpus, evs, None, True, pre]
-            else:
-                word = _WAIT_WORD[action] + (" and prompt" if pre else "")
-                row = [_WAITS, -score, -qv, wait, tag, ep_key, idx, qv, score, wait, resp,
-                       action, ep_key, gpus, evs,
-                       f"{wait:.1f} s {word} exceeds {patience_text}", True, pre]
-            if first_copy is not None:
-                row.append(first_copy)
-            rows.append(row)
-            if action == "use_loaded":
-                any_loaded_ok = True
+            score = qv - w * wait - cost
         else:
-            why = ("quality %.2f" % q + below_tail) if q is not None \
-                else f"no {task_name} quality score"
-            rows.append([_BELOW, -score, -qv, wait, tag, ep_key, idx, qv, score, wait, resp,
-                         action, ep_key, gpus, evs, why, False, pre])
+            # Resident: its quickest resident (use_loaded, or wait_for_load: concurrent requests
+            # share one load), unless a copy loaded elsewhere scores better.
+            wait, action, r, queue = resident_wait(m, residents, scene.now, scene.queue_slot_s)
+            endpoint, gpus, evictions, vram_by_gpu = r.endpoint, r.gpus, (), r.vram_by_gpu
+            split = len(gpus) > 1
+            pre = prefill_s(m, endpoint, prompt, num_ctx[endpoint], split_factor if split else 1.0) if prompt else 0.0
+            wait += pre
+            score = qv - w * wait
+            if scene.copies and n_endpoints > len(residents) and queue > terms.patience \
+                    and queue > fastest_load_s(m):
+                # A second queue may be worth a load when the queue (not a load in progress, which a
+                # copy would repeat) is longer than one and than the caller will wait (a copy is the
+                # remedy for a queue beyond patience, not a way to shave seconds off a patient
+                # request: loads count): the best copy where it is not (nor leaving).
+                hosting = {x.endpoint for x in residents}
+                gone = leaving.get(tag)
+                if gone:
+                    hosting |= gone
+                copy = best_copy(m, qv, score, planner.plans(m.vram_mib)[0], hosting, w, prompt, num_ctx,
+                                 split_factor)
+                if copy is not None:
+                    first_copy = (endpoint, wait - pre, action)
+                    score, plan, wait, pre = copy
+                    action = "load"
+                    _, _, _, endpoint, gpus, evictions, split, vram_by_gpu = plan
+        speed = m.tokens_per_s_on(endpoint) if m.speeds_by_endpoint else m.tokens_per_s  # learned there, else the catalog's
+        if split:
+            speed *= split_factor
+        # Row(...), field by field: this is the loop's hottest line, and a class call costs more
+        # than the fifteen stores.
+        row = _new(Row)
+        row.rank = (-score, -qv, wait, tag, endpoint or "", index)
+        row.model = tag
+        row.quality = qv
+        row.meets = meets
+        row.score = score
+        row.wait = wait
+        row.response = wait + (tokens / speed if speed > 0 else 0.0)
+        row.action = action
+        row.endpoint = endpoint
+        row.gpus = gpus
+        row.evictions = evictions
+        row.vram_by_gpu = vram_by_gpu
+        row.prefill = pre
+        row.first_copy = first_copy
+        if endpoint is None:
+            row.why = reasons.REMOTE
+            remote(row)
+        elif meets:
+            row.why = None
+            acceptable(row)
+        else:
+            row.why = terms.below_floor % q if q is not None else reasons.no_score(task)
+            below(row)
+    return groups
 
-    restricted = any_loaded_ok and urg.use_loaded_if_acceptable
-    eligible = []
-    pool = []
-    for row in rows:
-        g = row[0]
-        if g <= _WAITS:
-            if restricted and row[11] != "use_loaded":
-                if g == _ELIGIBLE:
-                    row[15] = f"not loaded: a {urg.name} request uses an acceptable loaded model"
-                row[0] = _LOADED_ONLY
-                continue
-            pool.append(row)
-            if g == _ELIGIBLE:
-                eligible.append(row)
 
-    warned = False
+def _eligibility(groups: Groups, terms: Terms) -> None:
+    """Split the rows that meet the floor: eligible (wait within patience) or waits. A critical
+    request with an acceptable model loaded and free within its patience takes only loaded ones:
+    the rest are loaded_only. (One whose loaded models' queues are beyond its patience is not
+    held to them: it takes the fastest acceptable answer, a copy or the remote, in _choose.)"""
+    patience = terms.patience
+    eligible, waits = groups.eligible, groups.waits
+    any_loaded = False
+    for row in groups.acceptable:
+        if row.wait <= patience:
+            eligible.append(row)
+            if row.action == "use_loaded":
+                any_loaded = True
+        else:
+            waits.append(row)
+    if waits:
+        reasons.waits_too_long(waits, terms)
+    if any_loaded and terms.loaded_only:
+        loaded_only = groups.loaded_only
+        for row in eligible:
+            if row.action != "use_loaded":
+                row.why = reasons.not_loaded(terms)
+                loaded_only.append(row)
+        loaded_only.extend(row for row in waits if row.action != "use_loaded")
+        groups.eligible = [row for row in eligible if row.action == "use_loaded"]
+        groups.waits = [row for row in waits if row.action == "use_loaded"]
+
+
+def _choose(groups: Groups, terms: Terms) -> tuple[Row | None, bool]:
+    """(chosen, warned): the best eligible row; else the best that meets the floor and may be
+    chosen (warned); else the best remote, those meeting the floor first (warned when its
+    latency exceeds patience); else None. Critical (``loaded_only``) without a loaded answer
+    within its patience: the acceptable answer that starts soonest, the remote included."""
+    if terms.loaded_only and not any(r.action == "use_loaded" for r in groups.eligible):
+        fastest = _fastest_acceptable(groups, terms)
+        if fastest is not None:
+            return fastest
+    if groups.eligible:
+        return min(groups.eligible, key=_RANK), False
+    if groups.waits:
+        return min(groups.waits, key=_RANK), True
+    if groups.remote:
+        chosen = min([r for r in groups.remote if r.meets] or groups.remote, key=_RANK)
+        if not chosen.meets:
+            # Nothing anywhere meets the floor: the best local model that fits rather than the remote
+            # when it scores better, or is as good and within the caller's patience (a fallback must
+            # buy quality or time: nothing leaves the tower for nothing).
+            local = _best_below(groups)
+            if local is not None and (local.score > chosen.score or (
+                    local.quality >= chosen.quality and local.wait <= terms.patience)):
+                groups.below_best = True
+                return local, local.wait > terms.patience
+        return chosen, chosen.wait > terms.patience
+    return None, False
+
+
+def _best_below(groups: Groups) -> Row | None:
+    """The best local row that fits but is below the floor: quality first, then score."""
+    rows = [r for r in groups.below if r.action is not None]
+    return min(rows, key=lambda r: (-r.quality, r.rank)) if rows else None
+
+
+def _fastest_acceptable(groups: Groups, terms: Terms) -> tuple[Row, bool] | None:
+    """A critical request's choice when no loaded model answers within its patience: of the rows
+    that meet the floor (local loads, copies, loads in progress, queued loaded models, and the
+    remote), the soonest first token; then the better score. Warned when even that is beyond
+    its patience."""
+    rows = groups.eligible + groups.waits + [r for r in groups.remote if r.meets]
+    if not rows:
+        return None
+    chosen = min(rows, key=lambda r: (r.wait, r.rank))
+    groups.soonest = True
+    return chosen, chosen.wait > terms.patience
+
+
+def _explain(world: World, groups: Groups, chosen: Row | None, warned: bool, terms: Terms,
+             scene: Scene) -> Decision:
+    """The Decision: every candidate, best first, with why it was not chosen, and the reason."""
+    if groups.below_best:  # nothing meets the floor; the best local model is as good as the remote
+        remote = min(groups.remote, key=_RANK)
+        reason = reasons.best_below_floor(chosen, remote, terms)
+        chosen.why = None
+        groups.below.remove(chosen)
+        listed = candidates([chosen] + groups.listed(None))
+        return decision(chosen, warned, reason, listed, POLICY_VERSION)
     fallback_text = ""
-    if eligible:
-        chosen = min(eligible)
-    elif pool:
-        chosen = min(pool)
-        warned = True
-    else:
-        chosen = None
-        if remotes:
-            ok = [r for r in remotes if r[16]]
-            chosen = min(ok or remotes)
-            warned = chosen[9] > patience
-        if not up_eps:
-            fallback_text = "every endpoint is down" if world.endpoints else "no endpoint is configured"
-        else:
-            fallback_text = f"no local model meets {floor_text} {floor:.2f} and fits"
-
+    if chosen is not None and chosen.action == "fallback" and (groups.eligible or groups.waits):
+        fallback_text = reasons.remote_is_sooner(terms)  # critical: local models meet the floor, later
+    elif chosen is None or chosen.action == "fallback":
+        fallback_text = reasons.no_local_choice(terms, bool(scene.tower.up_endpoints), bool(world.endpoints))
     if chosen is not None:
-        chosen[0] = _CHOSEN
-        chosen[15] = None
-        beat = f" below {chosen[4]}'s {chosen[8]:.2f}"
-        for row in (remotes if chosen[11] == "fallback" else eligible):
-            if row is not chosen:
-                row[15] = "scored %.2f" % row[8] + beat
-    if remotes:
-        rows.extend(remotes)
-    rows.sort()
-    if _FAST_CANDIDATE:
-        candidates = []
-        append = candidates.append
-        for row in rows:
-            c = _new(Candidate)
-            _set(c, "__dict__", {
-                "model": row[4], "quality": row[7], "endpoint": row[12], "gpus": row[13],
-                "action": row[11], "expected_wait_s": row[9], "expected_response_s": row[10],
-                "score": row[8], "evictions": row[14], "rejected_because": row[15],
-            })
-            append(c)
-        candidates = tuple(candidates)
-    else:  # pragma: no cover
-        candidates = tuple(_candidate(row) for row in rows)
-    reason = _reason(chosen, rows, warned, fallback_text, floor, floor_text, patience,
-                     patience_text, urg.name)
-    if chosen is None:
-        return Decision(None, None, None, (), None, None, None, False, False, reason, (),
-                        candidates, POLICY_VERSION)
-    return Decision(chosen[4], chosen[11], chosen[12], chosen[13], chosen[9], chosen[10],
-                    chosen[7], chosen[16], warned, reason, chosen[14], candidates,
-                    POLICY_VERSION, chosen[17])
-
-
-def _reload_s(tower: Tower, evicted) -> float:
-    """Sum over ``evicted`` of recency x its load seconds there: the wait an eviction is
-    expected to cost whoever asks for that model next."""
-    total = 0.0
-    for r in evicted:
-        rec = tower.recency_of(r)
-        if rec > 0.0:
-            total += rec * _model(tower.world, r.model).load_s_on(r.endpoint)  # evictions are few
-    return total
-
-
-def _fastest_load_s(m) -> float:
-    fastest = m.load_s
-    for _, seconds in m.load_s_by_endpoint:
-        if seconds < fastest:
-            fastest = seconds
-    return fastest
-
-
-def _prefill(m, prompt: int, num_ctx: int | None, factor: float) -> float:
-    """Seconds to read a ``prompt``-token prompt on ``m`` (capped at the endpoint's context)."""
-    rate = m.prefill_tokens_per_s * factor
-    if rate <= 0.0:
-        return 0.0
-    if num_ctx is not None and prompt > num_ctx:
-        prompt = num_ctx
-    return prompt / rate
-
-
-def _plans(need: int, by_need: dict, levels: list, tower: Tower, penalty: float, w: float) -> tuple:
-    """(plans, cheapest plan or None) for a model needing ``need`` MiB, cached per need; a plan is
-    (eviction cost, number of evictions, MiB left over, endpoint, gpus, evictions, split), so
-    plans compare natively, cheapest first (endpoint keys are unique)."""
-    entry = by_need.get(need)
-    if entry is None:
-        plans = []
-        for ep, lv, most, reach in levels:
-            if need <= most:
-                for f, g in lv:
-                    if f >= need:
-                        plans.append((0.0, 0, f - need, ep.key, (g,), (), False))
-                        break
-            elif need <= reach:
-                plan = tower.plan_on_endpoint(ep, need)
-                if plan is not None:
-                    vram_by_gpu, evicted, rec, split, left = plan
-                    plans.append((penalty * rec + w * _reload_s(tower, evicted), len(evicted), left, ep.key,
-                                  tuple(g for g, _ in vram_by_gpu),
-                                  tuple(tower.eviction(r) for r in evicted), split))
-        entry = (plans, min(plans) if plans else None)
-        by_need[need] = entry
-    return entry
-
-
-def _reason(chosen, rows, warned, fallback_text, floor, floor_text, patience, patience_text,
-            urg_name) -> str:
-    """The decision in one or two sentences, for a person."""
-    if chosen is None:
-        return f"{fallback_text}, and no remote fallback is enabled"
-    tag, q, wait, resp, action, ep = chosen[4], chosen[7], chosen[9], chosen[10], chosen[11], chosen[12]
-    pre = chosen[17]
-    # With a prompt, waits include reading it: say so, and say when the first token comes.
-    prompt_text = f" (the prompt takes {pre:.1f} s)" if pre else ""
-    copy_text = ""
-    if len(chosen) > 18:  # a second copy: say what waiting for the first would have cost
-        copy_text = f"; its copy on {chosen[18][0]} has a {chosen[18][1]:.1f} s {_WAIT_WORD[chosen[18][2]]}"
-    if action == "fallback":
-        below = "" if chosen[16] else f", though below {floor_text} {floor:.2f} too"
-        return f"{fallback_text}: falling back to remote {tag} ({q:.2f}{below}), responds in {resp:.1f} s"
-    meets = f"meets {floor_text} {floor:.2f}"
-    evicting = ""
-    if chosen[14]:
-        evicting = ", evicting " + ", ".join(e.model for e in chosen[14])
-    if warned:
-        first = f", first token in {wait:.1f} s{prompt_text}" if pre else ""
-        return (f"nothing met both {floor_text} {floor:.2f} and {patience_text}: {tag} ({q:.2f}) "
-                f"is the best that meets the floor, with a {wait - pre:.1f} s {_WAIT_WORD[action]} on "
-                f"{ep}{evicting}{first}, responds in {resp:.1f} s (warned){copy_text}")
-    first = f"first token in {wait:.1f} s{prompt_text}, " if pre else ""
-    if action == "use_loaded":
-        queued = f" after a {wait - pre:.1f} s queue" if wait - pre > 0 else ""
-        text = f"{tag} is loaded on {ep} and {meets}: {first}responds in {resp:.1f} s{queued}"
-    elif action == "wait_for_load":
-        text = (f"{tag} is already loading on {ep} and {meets}: ready in {wait - pre:.1f} s, "
-                f"{first}responds in {resp:.1f} s")
-    else:
-        text = (f"{tag} ({q:.2f}) {meets}: a {wait - pre:.1f} s load on {ep} ({', '.join(chosen[13])})"
-                f"{evicting}, {first}responds in {resp:.1f} s{copy_text}")
-
-    # Name the best better-quality model that fits and meets the floor, and why it lost.
-    alt = None
-    for row in rows:
-        if (row[0] in (_ELIGIBLE, _WAITS, _LOADED_ONLY) and row[7] > q
-                and (alt is None or row[7] > alt[7])):
-            alt = row
-    if alt is not None:
-        word = _WAIT_WORD[alt[11]]
-        if alt[9] > patience:
-            text += f"; {alt[4]} ({alt[7]:.2f}) would need a {alt[9]:.1f} s {word}, beyond {patience_text}"
-        elif alt[0] == _LOADED_ONLY:
-            text += (f"; {alt[4]} ({alt[7]:.2f}) is not loaded, and a {urg_name} request does not "
-                     f"wait for a load while an acceptable model is loaded")
+        chosen.why = None
+        if groups.soonest:  # critical's soonest answer: the others lost on time, not on score
+            reasons.starts_later(groups.eligible + [r for r in groups.remote if r.meets], chosen)
         else:
-            text += f"; {alt[4]} ({alt[7]:.2f}) scored {alt[8]:.2f} with a {alt[9]:.1f} s {word}"
-    return text
+            reasons.scored_below(groups.remote if chosen.action == "fallback" else groups.eligible, chosen)
+    listed = candidates(groups.listed(chosen))  # (listed() also sorts each group by rank)
+    alt, alt_loaded_only = None, False
+    if chosen is not None and not warned and chosen.action != "fallback":
+        # The best better-quality model that fits and meets the floor (the first listed of equals):
+        # the reason says why it lost.
+        for group in (groups.eligible, groups.waits, groups.loaded_only):
+            for row in group:
+                if row.quality > chosen.quality and (alt is None or row.quality > alt.quality):
+                    alt, alt_loaded_only = row, group is groups.loaded_only
+    reason = reasons.decision_reason(chosen, alt, alt_loaded_only, warned, fallback_text, terms)
+    return decision(chosen, warned, reason, listed, POLICY_VERSION)

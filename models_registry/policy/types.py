@@ -35,6 +35,9 @@ class EndpointView:
     # The context TowerOps loads models with here: Ollama truncates a longer prompt to it, so
     # it caps the prefill estimate. None: not capped.
     num_ctx: int | None = None
+    # Models Ollama keeps loaded here at once (OLLAMA_MAX_LOADED_MODELS as the server applies it:
+    # ollama_rules.max_loaded_models); at the limit a load must evict one. 0: no limit known.
+    max_loaded: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,17 +52,28 @@ class ResidentView:
     last_used_at: float | None = None  # idle since; None = never used
     in_flight: int = 0  # requests being served now: such a model is never evicted
     pinned: bool = False
-    # Seconds until the requests already routed here are done, when the caller knows (the
-    # live path estimates it from busy_until, the replay knows it); else in_flight × queue_slot_s.
+    # Its queue: seconds a new request would wait for a slot after the model is ready (or now,
+    # when it is) behind the requests already routed here, per parallel slot
+    # (ollama_rules.queue_of: the live path from its bookings and the gateway's counts, the
+    # replay exactly). None: unknown, in_flight × queue_slot_s instead.
     busy_s: float | None = None
+    # Who used it lately: ((urgency class, when last), ...). An eviction's reload is priced at
+    # the rate of the classes that used it within the recent-use window (placement.py).
+    used_by: tuple[tuple[str, float], ...] = ()
 
     @property
     def vram_mib(self) -> int:
-        return sum(m for _, m in self.vram_by_gpu)
+        split = self.vram_by_gpu
+        if len(split) == 1:  # the common case, read on every selection: no generator
+            return split[0][1]
+        return sum([m for _, m in split])
 
     @property
     def gpus(self) -> tuple[str, ...]:
-        return tuple(g for g, _ in self.vram_by_gpu)
+        split = self.vram_by_gpu
+        if len(split) == 1:
+            return (split[0][0],)
+        return tuple([g for g, _ in split])
 
 
 @dataclass(frozen=True)
@@ -78,12 +92,27 @@ class ModelView:
     enabled: bool = True
     pinned: bool = False
     remote_latency_s: float = 0.0  # remote models: round trip before the first token
+    # Learned per endpoint from the gateway's measured durations, overriding the two speeds there:
+    # ((endpoint, generation tokens/s, prefill tokens/s), ...); a 0 leaves that speed as above.
+    speeds_by_endpoint: tuple[tuple[str, float, float], ...] = ()
 
     def load_s_on(self, endpoint: str) -> float:
         for key, seconds in self.load_s_by_endpoint:
             if key == endpoint:
                 return seconds
         return self.load_s
+
+    def tokens_per_s_on(self, endpoint: str | None) -> float:
+        for key, tps, _ in self.speeds_by_endpoint:
+            if key == endpoint and tps > 0.0:
+                return tps
+        return self.tokens_per_s
+
+    def prefill_tokens_per_s_on(self, endpoint: str | None) -> float:
+        for key, _, pps in self.speeds_by_endpoint:
+            if key == endpoint and pps > 0.0:
+                return pps
+        return self.prefill_tokens_per_s
 
 
 @dataclass(frozen=True)
@@ -112,6 +141,12 @@ class PolicyParams:
     split_throughput_factor: float = 0.7  # tokens/s kept when a model spans GPUs
     split_overhead_mib: int = 512  # extra VRAM per additional GPU in a split
     queue_slot_s: float = 1.0  # expected wait added per request already in flight
+    # A model loaded less than this ago is not evicted (a guard against loading models back and
+    # forth, as KServe ModelMesh's minimum residency; 0: none).
+    min_residency_s: float = 120.0
+    # Moving up (upgrade.py): an idle tower loads a model for a busy task type in the background when
+    # it beats every loaded one's quality by this much (1: never).
+    upgrade_min_gain: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -124,6 +159,9 @@ class World:
     task_types: tuple[TaskTypeView, ...]
     urgencies: tuple[UrgencyView, ...]
     params: PolicyParams = PolicyParams()
+    # The models the open preload windows want warm now (preload.warm_set): while its window is
+    # open such a model is priced as used just now, whether or not anyone used it yet.
+    wanted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -175,6 +213,11 @@ class Decision:
     candidates: tuple[Candidate, ...]  # every model considered, best first
     policy_version: str
     expected_prefill_s: float = 0.0  # the part of expected_wait_s spent reading the prompt
+    # The VRAM the residency it uses takes, per GPU: ((gpu key, MiB), ...). For a load, what the
+    # new residency books (a split's shares as placement computes them); for use_loaded and
+    # wait_for_load, the resident's own. Empty for a fallback or no model. The live path books
+    # and the replay loads exactly this: the split rule is applied once, here.
+    vram_by_gpu: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

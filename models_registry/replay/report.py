@@ -1,4 +1,4 @@
-"""A simulated run's figures: the five SLO metrics computed by ``models_registry.metrics``
+"""A simulated run's figures: the five SLO metrics computed by ``models_registry.slo.metrics``
 (the same code as the live reports; each request's simulated time to first token is
 reported as its ``first_token_s``, its response time as ``response_s``), plus mean
 quality, the full-response p95, the wait and TTFT distributions and loads per model."""
@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from models_registry import metrics
 from models_registry.policy import POLICY_VERSION
+from models_registry.slo import metrics
 
 from .sim import SimResult
 
@@ -38,6 +38,11 @@ def summarize(res: SimResult) -> dict:
     ttft = sorted(s.ttft_s for s in interactive)
     response = sorted(s.response_s for s in interactive)
     qualities = [s.quality for s in res.served if s.quality is not None]
+    # The quoted wait against the wait that came: first token − arrival − the decision's
+    # expected_wait_s, for requests served locally with a quote (towerops).
+    errors = sorted(s.ttft_s - s.expected_wait_s for s in ok
+                    if s.expected_wait_s is not None and s.action != "fallback")
+    loads = [e for e in res.loads if e.kind == "load" and 0.0 <= e.at < res.end]
     return {
         "policy": res.policy,
         # the decision core's version for towerops (it is the production policy), so stored runs
@@ -57,7 +62,12 @@ def summarize(res: SimResult) -> dict:
                    "zero_share": sum(1 for w in waits if w <= 0) / len(waits) if waits else None},
         "actions": dict(Counter(s.action or "none" for s in res.served)),
         "served_by_model": dict(Counter(s.model or "none" for s in res.served)),
-        "loads_by_model": dict(Counter(e.model for e in res.loads if e.kind == "load" and 0.0 <= e.at < res.end)),
+        "loads_by_model": dict(Counter(e.model for e in loads)),
+        "thrash_loads": sum(1 for e in loads if e.thrash),
+        # actual − quoted wait to the first token, in seconds (positive: the quote was low)
+        "quote_error_s": {"n": len(errors), "p5": _pct(errors, 0.05), "p50": _pct(errors, 0.5),
+                          "p95": _pct(errors, 0.95), "max": errors[-1] if errors else None,
+                          "within_1s": (sum(1 for e in errors if abs(e) <= 1.0) / len(errors)) if errors else None},
         "evictions": sum(1 for e in res.loads if e.kind == "evict" and 0.0 <= e.at < res.end),
         "max_vram_mib_by_gpu": res.max_vram_by_gpu,
         "simulated_s": res.end,
@@ -104,6 +114,9 @@ def table(summaries: list[dict], labels: list[str] | None = None) -> str:
         ("TTFT p50 / p99 (s)", lambda s: f"{_fmt(s['ttft_s']['p50'])} / {_fmt(s['ttft_s']['p99'])}"),
         ("mean quality", lambda s: _fmt(s["mean_quality"])),
         ("loads (evictions)", lambda s: f"{sum(s['loads_by_model'].values())} ({s['evictions']})"),
+        ("thrash loads", lambda s: str(s["thrash_loads"])),
+        ("quote error p50 / p95 (s)", lambda s: (f"{_fmt(s['quote_error_s']['p50'])} / {_fmt(s['quote_error_s']['p95'])}"
+                                                 if s["quote_error_s"]["n"] else "-")),
         ("requests", lambda s: str(s["requests"])),
     ]
     for label, get in extra:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from models_registry.profile import Profile, ProfileError, parse_profile
+from models_registry.catalog.profile import Profile, ProfileError, parse_profile
 
 KEY_FIELDS = {"models": "tag", "gpus": "index"}
 PROFILE_KEYS = {"version", "hosts", "task_types", "urgency_classes", "models", "preload_windows", "policy"}

@@ -32,17 +32,6 @@ class Api:
 
 
 @pytest.fixture
-def make_key(db):
-    """make_key("select", "read") -> the plain key with those scopes."""
-    from models_registry.auth import create_key
-
-    def make(*scopes: str, name: str = "test") -> str:
-        return create_key(name, list(scopes))[1]
-
-    return make
-
-
-@pytest.fixture
 def api(client, make_key):
     """A client whose key has every scope."""
     return Api(client, make_key("select", "read", "admin", name="all"))
@@ -51,7 +40,7 @@ def api(client, make_key):
 @pytest.fixture
 def captured_loads(monkeypatch):
     """Replaces execute_load.apply_async: records (args, kwargs) of every queued load."""
-    from models_registry import tasks
+    from models_registry.runtime import tasks
 
     calls: list[tuple[tuple, dict]] = []
 
@@ -64,7 +53,7 @@ def captured_loads(monkeypatch):
 
 @pytest.fixture
 def captured_unloads(monkeypatch):
-    from models_registry import tasks
+    from models_registry.runtime import tasks
 
     calls: list[tuple[tuple, dict]] = []
     monkeypatch.setattr(tasks.execute_unload, "apply_async", lambda *a, **k: calls.append((a, k)))

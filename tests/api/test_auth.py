@@ -14,8 +14,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from models_registry import auth
 from models_registry import models as m
+from models_registry.api import auth
 
 from .conftest import SELECT, Api, put_loaded
 
@@ -39,11 +39,11 @@ def routes(decision_id: int):
 
 @pytest.fixture
 def decision_id(tower):
-    from models_registry import services
     from models_registry.policy import SelectionRequest
+    from models_registry.selection import service
 
     put_loaded("llama3.2:3b")
-    return services.select_and_record(SelectionRequest("general", "critical")).record.pk
+    return service.select_and_record(SelectionRequest("general", "critical")).record.pk
 
 
 def call(api: Api, method: str, path: str, body, **kw):
@@ -192,4 +192,20 @@ def test_create_api_key_rejects_unknown_scopes(tower, scopes):
     with pytest.raises(CommandError) as exc:
         call_command("create_api_key", "bad", "--scopes", scopes, stdout=StringIO())
     assert "allowed" in str(exc.value)
+    assert not m.ApiKey.objects.filter(name="bad").exists()
+
+
+def test_create_api_key_sets_the_gateway_defaults_of_the_key(tower):
+    out = StringIO()
+    call_command("create_api_key", "ide", "--scopes", "infer", "--task", "code_generation", "--urgency", "interactive",
+                 stdout=out)
+    row = m.ApiKey.objects.get(name="ide")
+    assert (row.scopes, row.default_task, row.default_urgency) == (["infer"], "code_generation", "interactive")
+    assert "task code_generation, urgency interactive" in out.getvalue()
+
+
+def test_create_api_key_refuses_an_unknown_task_naming_the_allowed_ones(tower):
+    with pytest.raises(CommandError) as exc:
+        call_command("create_api_key", "bad", "--scopes", "infer", "--task", "poetry", stdout=StringIO())
+    assert "--task: unknown task type 'poetry'; allowed: " in str(exc.value) and "code_generation" in str(exc.value)
     assert not m.ApiKey.objects.filter(name="bad").exists()

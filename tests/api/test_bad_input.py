@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import sys
 import time
 
@@ -19,6 +18,7 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.db import OperationalError, connection
 
 from models_registry import models as m
+from tests.helpers import free_port
 
 from .conftest import SELECT, put_loaded
 
@@ -212,10 +212,10 @@ OUTCOME_INVALID = {
 
 @pytest.mark.parametrize("body,field", OUTCOME_INVALID.values(), ids=OUTCOME_INVALID.keys())
 def test_bad_outcomes_are_422(api, loaded, body, field):
-    from models_registry import services
     from models_registry.policy import SelectionRequest
+    from models_registry.selection import service
 
-    did = services.select_and_record(SelectionRequest("general", "critical")).record.pk
+    did = service.select_and_record(SelectionRequest("general", "critical")).record.pk
     before = state_of_db()
     field_error(assert_json_error(api.post(f"/api/v1/decisions/{did}/outcome", body), 422), field)
     assert state_of_db() == before
@@ -261,7 +261,9 @@ def test_an_oversized_body_on_other_routes_is_413(api, loaded, settings):
 
 
 def test_database_errors_while_reading_the_world_are_503_then_recover(api, loaded, monkeypatch):
-    from models_registry import services, state
+    from models_registry.runtime import fleet
+    from models_registry.selection import service
+    from models_registry.selection import world as state
 
     def down(*a, **k):
         raise OperationalError("connection to server at 127.0.0.1, port 5432 failed: Connection refused")
@@ -269,7 +271,8 @@ def test_database_errors_while_reading_the_world_are_503_then_recover(api, loade
     before = state_of_db()
     with monkeypatch.context() as mp:
         mp.setattr(state, "read_world", down)
-        mp.setattr(services, "read_world", down)  # services imported it by name
+        mp.setattr(service, "read_world", down)  # these modules imported it by name
+        mp.setattr(fleet, "read_world", down)
         for path, body in [(SELECT, OK), (SELECT, {**OK, "dry_run": True})]:
             detail = assert_json_error(api.post(path, body), 503)
             assert "database" in detail
@@ -319,12 +322,6 @@ def _other_connection():
                            host=s["HOST"] or None, port=s["PORT"] or None, autocommit=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _kill_backend_of(conn) -> None:
     """Terminate `conn`'s server process from a second connection, and wait until it is gone."""
     with conn.cursor() as cur:
@@ -356,14 +353,14 @@ def test_a_connection_killed_between_requests_is_replaced_transparently(tower, m
 def test_a_connection_killed_mid_request_is_503_and_the_next_request_reconnects(tower, make_key, monkeypatch):
     """The connection dies while a selection is under way (after the health check): that request
     gets a 503 with a JSON body and records nothing; the next one reconnects by itself."""
-    from models_registry import services
+    from models_registry.selection import service
 
     put_loaded("llama3.2:3b")
     call = Wsgi(make_key("select", "read"))
     assert call("POST", SELECT, OK)[0] == 200
     decisions = m.SelectionDecision.objects.count()
 
-    real_read_world = services.read_world
+    real_read_world = service.read_world
     kills = []
 
     def read_world_on_a_dying_connection(*args, **kwargs):
@@ -372,7 +369,7 @@ def test_a_connection_killed_mid_request_is_503_and_the_next_request_reconnects(
             _kill_backend_of(connection)
         return real_read_world(*args, **kwargs)  # a real query on a really dead connection
 
-    monkeypatch.setattr(services, "read_world", read_world_on_a_dying_connection)
+    monkeypatch.setattr(service, "read_world", read_world_on_a_dying_connection)
     status, body = call("POST", SELECT, OK)
     assert kills and status == 503, body
     assert "database" in body["detail"]
@@ -391,12 +388,12 @@ def test_an_unreachable_database_is_503_until_it_returns(tower, make_key):
     assert call("POST", SELECT, OK)[0] == 200
     decisions = m.SelectionDecision.objects.count()
 
-    from models_registry import auth
+    from models_registry.api import auth
 
     auth._cache.clear()  # the key lookup must hit the database too
     real_port = connection.settings_dict["PORT"]
     connection.close()
-    connection.settings_dict["PORT"] = str(_free_port())  # a port nobody listens on
+    connection.settings_dict["PORT"] = str(free_port())  # a port nobody listens on
     try:
         for method, path, body in [("POST", SELECT, OK), ("POST", SELECT, {**OK, "dry_run": True}),
                                    ("GET", "/api/v1/state", None), ("GET", "/api/v1/models", None)]:

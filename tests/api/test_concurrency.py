@@ -15,8 +15,8 @@ from django.db import connection
 from django.test import Client
 
 from models_registry import models as m
-from models_registry.profile import parse_profile
-from models_registry.services import import_profile
+from models_registry.catalog.importer import import_profile
+from models_registry.catalog.profile import parse_profile
 
 from .conftest import SELECT
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from models_registry import collectors
+from models_registry.runtime import collectors
 
 
 def _nvidia_smi() -> list[dict]:

@@ -7,6 +7,8 @@
   in its own process group, pointed at the test database (committed rows: the tests use
   ``django_db(transaction=True)``) and that broker; waits until it is ready. Every worker is
   stopped in teardown (SIGTERM, then SIGKILL to the whole group) and none may survive.
+  ``env={...}`` adds environment variables (settings such as ``TOWEROPS_LOAD_TIMEOUT_S``).
+* ``start_beat()``: ``celery -A towerops beat`` (the settings' schedule) the same way.
 """
 from __future__ import annotations
 
@@ -20,19 +22,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
+from tests.helpers import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 30.0
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "the condition", step: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
 
 
 def _broker_url_for_tests() -> str:
@@ -91,9 +84,10 @@ def broker_url(monkeypatch):
 
 
 class Worker:
-    def __init__(self, name: str, queues: str, env: dict, log_path: Path, concurrency: int = 2):
+    def __init__(self, name: str, queues: str, env: dict, log_path: Path, concurrency: int = 2,
+                 cmd: list[str] | None = None):
         self.name, self.queues, self.log_path = name, queues, log_path
-        cmd = [
+        cmd = cmd or [
             sys.executable, "-m", "celery", "-A", "towerops", "worker", "-Q", queues, "-c", str(concurrency),
             "--pool", "prefork", "-n", f"{name}@%h", "--loglevel", "INFO",
             "--without-mingle", "--without-gossip", "--without-heartbeat",
@@ -165,8 +159,8 @@ class Worker:
 
 
 @pytest.fixture
-def start_worker(broker_url, transactional_db, tmp_path):
-    """start_worker("a", "host.a") -> a ready Worker; several may be started before waiting."""
+def agent_env(broker_url, transactional_db):
+    """The environment of the Celery processes: the test database and broker."""
     env = {
         **os.environ,
         "DATABASE_URL": _test_database_url(),
@@ -176,17 +170,15 @@ def start_worker(broker_url, transactional_db, tmp_path):
         "LOG_LEVEL": "INFO",
     }
     env.pop("CELERY_TASK_ALWAYS_EAGER", None)
+    return env
+
+
+@pytest.fixture
+def agents(agent_env):
+    """Every Celery process a test started; all stopped (and checked gone) in teardown."""
     workers: list[Worker] = []
-
-    def start(name: str, queues: str, *, wait: bool = True) -> Worker:
-        w = Worker(name, queues, env, tmp_path / f"worker-{name}.log")
-        workers.append(w)
-        if wait:
-            w.wait_ready()
-        return w
-
     try:
-        yield start
+        yield workers
     finally:
         for w in workers:  # SIGTERM to all first: they shut down in parallel
             w.terminate()
@@ -197,3 +189,33 @@ def start_worker(broker_url, transactional_db, tmp_path):
             except AssertionError as exc:
                 errors.append(str(exc))
         assert not errors, errors
+
+
+@pytest.fixture
+def start_worker(agent_env, agents, tmp_path):
+    """start_worker("a", "host.a") -> a ready Worker; several may be started before waiting."""
+
+    def start(name: str, queues: str, *, wait: bool = True, env: dict | None = None) -> Worker:
+        w = Worker(name, queues, {**agent_env, **(env or {})}, tmp_path / f"worker-{name}.log")
+        agents.append(w)
+        if wait:
+            w.wait_ready()
+        return w
+
+    return start
+
+
+@pytest.fixture
+def start_beat(agent_env, agents, tmp_path):
+    """start_beat(env={...}) -> celery beat running the settings' schedule (its state file in tmp_path)."""
+
+    def start(*, env: dict | None = None) -> Worker:
+        cmd = [sys.executable, "-m", "celery", "-A", "towerops", "beat", "--loglevel", "INFO",
+               "-s", str(tmp_path / "beat-schedule")]
+        beat = Worker("beat", "", {**agent_env, **(env or {})}, tmp_path / "beat.log", cmd=cmd)
+        agents.append(beat)
+        wait_for(lambda: beat.proc.poll() is None and "beat: Starting" in beat.log(), READY_TIMEOUT_S,
+                 "celery beat to start")
+        return beat
+
+    return start

@@ -10,12 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from models_registry import metrics
-from models_registry.profile import load_profile_file, parse_profile
-from models_registry.replay import load_mapping, map_rows, read_trace, scale_and_sample, simulate, trace_origin
+from models_registry.catalog.profile import load_profile_file, parse_profile
+from models_registry.replay import (
+    load_mapping,
+    map_rows,
+    read_trace,
+    scale_and_sample,
+    simulate,
+    trace_origin,
+)
 from models_registry.replay.report import summarize, table
 from models_registry.replay.traces import Mapping, Request
 from models_registry.replay.whatif import load_base, load_what_if
+from models_registry.slo import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 MERGED = ROOT / "data/traces/azure2023_merged_by_service.csv"
@@ -39,6 +46,8 @@ SMALL = {
         {"tag": "b", "vram_gb": 4, "load_s": 2, "tokens_per_s": 100, "prefill_tokens_per_s": 500,
          "quality": {"chat": 0.7}},
     ],
+    # No moving up (policy/upgrade.py): these figures are the requests' own; test_moving_up adds it.
+    "policy": {"upgrade_min_gain": 1.0},
 }
 
 
@@ -78,6 +87,21 @@ def test_accounting_on_a_hand_computed_trace(tmp_path, policy, waits, ttft, mode
     assert summary["slo"][metrics.P95]["detail"]["first_token"] == 3  # the simulated TTFT, not the response
 
 
+def test_moving_up_loads_the_better_model_in_the_background_on_an_idle_tower(tmp_path):
+    """The hand-computed trace with moving up on: every chat request took b (a's 10 s load is beyond
+    the 5 s patience); at the first tick after them (60 s, the tower idle, room for both) a is
+    loaded in the background, so the request at 400 gets the better model at once."""
+    data = copy.deepcopy(SMALL)
+    del data["policy"]
+    res = simulate(parse_profile(data), _small_trace(tmp_path), "towerops")
+    assert [s.model for s in res.served] == ["b", "b", "a"]
+    assert [round(s.ttft_s, 6) for s in res.served] == [2.01, 1.12, 0.1]
+    assert [(e.kind, e.model, round(e.at, 6), e.thrash) for e in res.loads] == [
+        ("load", "b", 2.0, False), ("load", "a", 70.0, False)]
+    s = summarize(res)
+    assert s["mean_quality"] == pytest.approx((0.7 + 0.7 + 0.9) / 3)
+
+
 def test_prefill_is_capped_at_the_context_and_counts_in_the_queue():
     data = copy.deepcopy(SMALL)
     data["hosts"][0]["endpoints"][0]["num_ctx"] = 300
@@ -114,6 +138,13 @@ def test_preload_windows_run_on_the_wall_clock_and_cool_with_a_finite_keep_alive
     # without a wall clock there are no preloads: a is never loaded
     res = simulate(parse_profile(_windowed("30m")), reqs, "towerops")
     assert [s.model for s in res.served] == ["b", "b", "b"]
+    # With moving up, the tick that would cool a (420) keeps it: chat requests came within the
+    # recent-use window, and a is what moving up would load straight back.
+    data = _windowed("30m")
+    del data["policy"]
+    res = simulate(parse_profile(data), reqs, "towerops", start=MONDAY_0859_30)
+    assert [s.model for s in res.served] == ["b", "a", "a"]
+    assert [(e.kind, e.model) for e in res.loads if e.at >= 0] == [("load", "b"), ("load", "a")]
 
 
 def test_keep_warm_keeps_a_windows_model_until_its_room_is_needed():
@@ -244,7 +275,7 @@ def test_what_if_patches_merge_by_key_and_are_validated(tmp_path):
     ("name: x\nchanges: {}\ncolour: red\n", "colour: unknown field"),
 ])
 def test_a_bad_what_if_names_the_file_and_the_field(tmp_path, text, where):
-    from models_registry.profile import ProfileError
+    from models_registry.catalog.profile import ProfileError
 
     p = tmp_path / "bad.yaml"
     p.write_text(text)
@@ -404,7 +435,7 @@ def test_replay_command_bad_input_names_the_option(options, message):
 def test_warm_up_jumps_give_the_same_run_as_a_tick_a_minute(monkeypatch, keep_alive):
     """Before the trace the preload ticks jump to the next window edge or expiry; a tick every
     minute must give the same loads and outcomes (a Berlin window crosses the 2026-03-29 DST change)."""
-    from models_registry.replay import sim
+    from models_registry.replay import policies
 
     data, _ = load_base(TOWER)
     for e in data["hosts"][0]["endpoints"]:
@@ -420,5 +451,5 @@ def test_warm_up_jumps_give_the_same_run_as_a_tick_a_minute(monkeypatch, keep_al
         return [(e.kind, e.model, round(e.at, 6)) for e in res.loads], [(s.model, s.first_token) for s in res.served]
 
     jumped = run()
-    monkeypatch.setattr(sim.TowerOpsPolicy, "_next_edge", lambda self, t: t)
+    monkeypatch.setattr(policies.TowerOpsPolicy, "_next_edge", lambda self, t: t)
     assert run() == jumped

@@ -11,8 +11,15 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from models_registry.profile import ProfileError
-from models_registry.replay import POLICIES, load_mapping, map_rows, read_trace, scale_and_sample, simulate
+from models_registry.catalog.profile import ProfileError
+from models_registry.replay import (
+    POLICIES,
+    load_mapping,
+    map_rows,
+    read_trace,
+    scale_and_sample,
+    simulate,
+)
 from models_registry.replay.report import summarize, table
 from models_registry.replay.sim import DEFAULT_POLICIES
 from models_registry.replay.traces import IDENTITY, TraceError, trace_origin
@@ -35,23 +42,27 @@ class Command(BaseCommand):
     help = "Replay a request trace through policies on a simulated tower (and what-if profiles) and compare SLOs."
 
     def add_arguments(self, parser):
-        parser.add_argument("--trace", required=True)
-        parser.add_argument("--profile", required=True)
+        parser.add_argument("--trace", required=True,
+                            help="the request trace: a CSV such as data/traces/azure2023_code.csv (see --mapping)")
+        parser.add_argument("--profile", required=True,
+                            help="the tower to replay on: a profile YAML, e.g. profiles/tower.yaml")
         parser.add_argument("--policy", default=",".join(DEFAULT_POLICIES),
                             help=f"comma-separated, of: {', '.join(POLICIES)}")
         parser.add_argument("--mapping", help="YAML file, or a shipped mapping's name (azure2023, mooncake)")
         parser.add_argument("--time-scale", type=float, default=1.0,
                             help="stretch the trace's time axis (2 = half the rate)")
         parser.add_argument("--sample", type=float, default=1.0, help="keep this fraction of requests")
-        parser.add_argument("--seed", type=int, default=1)
+        parser.add_argument("--seed", type=int, default=1,
+                            help="random seed for --sample and the mapping's draws (default 1: runs repeat exactly)")
         parser.add_argument("--start", help="wall-clock time of the trace's start, ISO with a zone "
                             "(2026-11-23T09:00Z): runs the profile's preload windows; default: the "
                             "trace's own clock when it has one (Azure's TIMESTAMP), else none")
         parser.add_argument("--what-if", action="append", default=[], metavar="FILE",
                             help="a changed profile, or a patch on --profile (repeatable): see "
                             "models_registry/replay/whatif.py")
-        parser.add_argument("--out", help="directory for result.json and the plots")
-        parser.add_argument("--no-progress", action="store_true")
+        parser.add_argument("--out", help="directory for result.json and the plots (default: none written; "
+                            "the run is still stored unless --no-store)")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar on long traces")
         parser.add_argument("--no-plots", action="store_true", help="no PNG plots (in --out nor stored)")
         parser.add_argument("--no-store", action="store_true", help="do not store the run as a ReplayRun")
 
