@@ -277,13 +277,55 @@ class Text:
         return text
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One of a few words."""
+
+    choices: tuple[str, ...]
+    type_name = "choice"
+    form = "one word"
+
+    @property
+    def allowed(self) -> str:
+        return " | ".join(self.choices)
+
+    def clean(self, raw: Any) -> str:
+        word = str(raw).strip().lower()
+        if word not in self.choices:
+            raise ValueError("not one of the choices")
+        return word
+
+
+@dataclass(frozen=True)
+class Number:
+    """A decimal number within bounds."""
+
+    low: float
+    high: float
+    type_name = "number"
+    form = "a number"
+
+    @property
+    def allowed(self) -> str:
+        return f"{self.low:g} to {self.high:g}"
+
+    def clean(self, raw: Any) -> float:
+        try:
+            value = float(str(raw).strip())
+        except ValueError:
+            raise ValueError("not a number") from None
+        if not (self.low <= value <= self.high):  # also refuses nan
+            raise ValueError(f"must be between {self.low:g} and {self.high:g}")
+        return value
+
+
 # ---------------------------------------------------------------------------------------- the table
 
 
 @dataclass(frozen=True)
 class Setting:
     name: str
-    kind: Duration | Days | Addresses | PolicyKnobs | Directory | Rate | RedisUrl | Bind | Count | Text
+    kind: Duration | Days | Addresses | PolicyKnobs | Directory | Rate | RedisUrl | Bind | Count | Text | Choice | Number
     default: str  # as written in the environment
     meaning: str
 
@@ -347,6 +389,15 @@ _TABLE = (
             "networks that may use the gateway without an API key (empty: keys only)"),
     Setting("TOWEROPS_POLICY", PolicyKnobs(), "{}",
             "overrides of the policy's knobs (`PolicyParams`), e.g. `{\"queue_slot_s\": 2}`"),
+    Setting("TOWEROPS_LEARNING_MODE", Choice(("shadow", "active")), "shadow",
+            "`shadow`: observed quality is shown beside the admin's scores and proposed as edits; `active`: "
+            "the policy uses it, exploring among loaded models (docs/learning.md)"),
+    Setting("TOWEROPS_LEARNING_PRIOR_STRENGTH", Number(1, 10000), "20",
+            "how many observed answers the admin's quality score is worth (the Beta prior's weight)"),
+    Setting("TOWEROPS_LEARNING_EXPLORE_REGRET", Number(0, 0.2), "0.02",
+            "active mode: the most quality an exploring choice may give up, per request (0: never explore)"),
+    Setting("TOWEROPS_PRELOAD_SUGGEST", Choice(("off", "suggest", "auto")), "suggest",
+            "preload windows predicted from demand: `suggest` shows them to accept, `auto` applies them weekly"),
     Setting("TOWEROPS_VAR_DIR", Directory(), "var",
             "where the private PostgreSQL and Redis, the secret key and the admin password live"),
 )

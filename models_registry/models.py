@@ -484,6 +484,7 @@ class SelectionDecision(models.Model):
     config = models.ForeignKey(ConfigSnapshot, on_delete=models.PROTECT, null=True, blank=True)
     policy_version = models.CharField(max_length=40)
     decision_us = models.PositiveIntegerField(default=0)
+    explored = models.BooleanField(default=False, help_text="active learning chose it by a sampled quality")
     residency = models.ForeignKey(
         Residency, on_delete=models.SET_NULL, null=True, blank=True, related_name="decisions"
     )
@@ -533,8 +534,17 @@ class DecisionOutcome(models.Model):
     prompt_eval_s = models.FloatField(null=True, blank=True)
     eval_s = models.FloatField(null=True, blank=True)
     total_s = models.FloatField(null=True, blank=True)
+    # What the gateway saw, for learning (learning/signals.py): Ollama's done_reason ("stop", "length"),
+    # and a digest of the conversation before this answer, to recognise the same one asked again.
+    done_reason = models.CharField(max_length=20, blank=True)
+    conversation = models.CharField(max_length=32, blank=True)
 
     class Meta:
+        indexes = [
+            # "the same conversation asked again": learning/signals.py looks back a few minutes by digest.
+            models.Index(fields=["conversation", "reported_at"], condition=~Q(conversation=""),
+                         name="outcome_conversation"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(rating__isnull=True) | (Q(rating__gte=0) & Q(rating__lte=1)), name="outcome_rating_0_1"
@@ -544,6 +554,64 @@ class DecisionOutcome(models.Model):
                 name="outcome_first_token_le_response",
             ),
         ]
+
+
+class QualitySignal(models.Model):
+    """One piece of evidence about one answer of a model for a task type (learning/signals.py says
+    which, and their weights): a caller's rating, or what the gateway saw. ``value`` is how good the
+    answer was (1 good, 0 bad), ``weight`` how many answers' worth of evidence it is. It outlives its
+    decision (pruned after TOWEROPS_DECISION_RAW_DAYS): the estimate is built from these rows alone."""
+
+    class Kind(models.TextChoices):
+        RATING = "rating", "rated by the caller"
+        ANSWERED = "answered", "answered, not asked again"
+        ERROR = "error", "failed"
+        TRUNCATED = "truncated", "cut off at the length limit"
+        CANCELLED = "cancelled", "cancelled mid-answer"
+        REGENERATED = "regenerated", "asked again"
+        ESCALATED = "escalated", "asked again of a bigger model"
+
+    decision_id = models.BigIntegerField(null=True, blank=True, help_text="no foreign key: signals outlive pruning")
+    model = models.ForeignKey(LlmModel, on_delete=models.CASCADE, related_name="quality_signals", db_index=False)
+    task_type = models.ForeignKey(TaskType, on_delete=models.CASCADE, related_name="quality_signals")
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    value = models.FloatField(validators=ZERO_TO_ONE)
+    weight = models.FloatField()
+    created_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["model", "task_type"], name="qualitysignal_model_task")]
+        constraints = [
+            models.UniqueConstraint(fields=["decision_id", "kind"], condition=Q(decision_id__isnull=False),
+                                    name="qualitysignal_one_per_kind"),
+            models.CheckConstraint(condition=Q(value__gte=0) & Q(value__lte=1), name="qualitysignal_value_0_1"),
+            models.CheckConstraint(condition=Q(weight__gt=0), name="qualitysignal_weight_pos"),
+        ]
+
+
+class WindowSuggestion(models.Model):
+    """Preload windows predicted from demand (learning/windows.py), with the replay's estimate of their
+    effect beside the current windows'. Accepting one replaces the windows it names (history kept by
+    PreloadWindow's own history)."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        ACCEPTED = "accepted"
+        DISMISSED = "dismissed"
+        SUPERSEDED = "superseded"
+
+    created_at = models.DateTimeField()
+    learned_from = models.DateTimeField(help_text="the demand history it was learned from starts here")
+    learned_until = models.DateTimeField()
+    windows = models.JSONField(help_text="[{name, days, start, end, timezone, models}]")
+    estimate = models.JSONField(default=dict, blank=True, help_text="the replay's figures: current and suggested")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    automatic = models.BooleanField(default=False, help_text="made and applied by the weekly task (TOWEROPS_PRELOAD_SUGGEST=auto)")
+
+    class Meta:
+        ordering = ["-created_at"]
 
 
 class LoadEvent(models.Model):
