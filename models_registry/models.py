@@ -484,7 +484,7 @@ class SelectionDecision(models.Model):
     config = models.ForeignKey(ConfigSnapshot, on_delete=models.PROTECT, null=True, blank=True)
     policy_version = models.CharField(max_length=40)
     decision_us = models.PositiveIntegerField(default=0)
-    explored = models.BooleanField(default=False, help_text="active learning chose it by a sampled quality")
+    explored = models.BooleanField(default=False, db_default=False, help_text="active learning chose it by a sampled quality")
     residency = models.ForeignKey(
         Residency, on_delete=models.SET_NULL, null=True, blank=True, related_name="decisions"
     )
@@ -536,8 +536,8 @@ class DecisionOutcome(models.Model):
     total_s = models.FloatField(null=True, blank=True)
     # What the gateway saw, for learning (learning/signals.py): Ollama's done_reason ("stop", "length"),
     # and a digest of the conversation before this answer, to recognise the same one asked again.
-    done_reason = models.CharField(max_length=20, blank=True)
-    conversation = models.CharField(max_length=32, blank=True)
+    done_reason = models.CharField(max_length=20, blank=True, default="", db_default="")
+    conversation = models.CharField(max_length=32, blank=True, default="", db_default="")
 
     class Meta:
         indexes = [

@@ -6,7 +6,7 @@ from django.http import JsonResponse
 from django.shortcuts import get_object_or_404
 from ninja import Router
 
-from models_registry import errors
+from models_registry import conf, errors
 from models_registry import models as m
 from models_registry.api.auth import ApiKeyAuth, require
 from models_registry.api.schemas import (
@@ -14,6 +14,9 @@ from models_registry.api.schemas import (
     DecisionOut,
     ErrorOut,
     FallbacksOut,
+    FeedbackIn,
+    FeedbackOut,
+    LearningOut,
     ModelOut,
     OutcomeIn,
     OutcomeOut,
@@ -27,10 +30,13 @@ from models_registry.api.schemas import (
     ThrashOut,
     Window,
 )
+from models_registry.learning import quality as observed_quality
+from models_registry.learning import signals
 from models_registry.policy import SelectionRequest
 from models_registry.runtime import fleet, reservations
 from models_registry.selection import outcomes, service
 from models_registry.slo import reports
+from models_registry.timeutil import utcnow
 
 router = Router(auth=ApiKeyAuth(), tags=["selection"])
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 415: ErrorOut, 422: ErrorOut,
@@ -145,6 +151,36 @@ def report_outcome(request, decision_id: int, payload: OutcomeIn):
     if outcome is None:
         raise errors.NotFound(f"no decision {decision_id}")
     return _outcome_out(outcome)
+
+
+@router.post("/decisions/{decision_id}/feedback", response={200: FeedbackOut, **ERRORS}, tags=["learning"])
+def give_feedback(request, decision_id: int, payload: FeedbackIn):
+    """Rate an answer (0..1): the explicit signal of observed quality (docs/learning.md). The id is the
+    gateway's `X-TowerOps-Decision-Id` header, or a select's `decision_id`. Rating again replaces it.
+    Keys with the `select` or the `infer` scope."""
+    if "select" not in getattr(request, "api_scopes", ()):
+        require(request, "infer")  # a gateway user's key
+    row = (m.SelectionDecision.objects.filter(pk=decision_id)
+           .values_list("model__tag", "task_type__name").first())
+    if row is None:
+        raise errors.NotFound(f"no decision {decision_id}")
+    if row[0] is None:
+        raise errors.DomainError(f"decision {decision_id} chose no model: there is no answer to rate")
+    signals.record_rating(decision_id, payload.rating, utcnow())
+    return {"decision_id": decision_id, "model": row[0], "task_type": row[1], "rating": payload.rating}
+
+
+@router.get("/learning/quality", response={200: LearningOut, **ERRORS}, tags=["learning"])
+def learned_quality(request):
+    """Observed quality per model × task type with evidence: the posterior beside the admin's score,
+    its 90 % interval, and the proposed score where the evidence contradicts it."""
+    require(request, "read")
+    rows = [{"model": o.model, "task_type": o.task, "admin_score": o.estimate.prior, "mean": o.estimate.mean,
+             "low": o.estimate.low, "high": o.estimate.high, "evidence": o.estimate.evidence,
+             "signals": o.estimate.count, "proposal": o.proposal} for o in observed_quality.observed()]
+    return {"mode": conf.value("TOWEROPS_LEARNING_MODE"),
+            "prior_strength": conf.value("TOWEROPS_LEARNING_PRIOR_STRENGTH"),
+            "explore_regret": conf.value("TOWEROPS_LEARNING_EXPLORE_REGRET"), "rows": rows}
 
 
 @router.get("/state", response={200: StateOut, **ERRORS})

@@ -373,6 +373,36 @@ class QualityRowOut(Schema):
     ratings: int
 
 
+class FeedbackIn(_In):
+    rating: float = Field(ge=0, le=1, allow_inf_nan=False, description="how good the answer was, 0 (useless) .. 1 (right)")
+
+
+class FeedbackOut(Schema):
+    decision_id: int
+    model: str
+    task_type: str
+    rating: float
+
+
+class ObservedQualityOut(Schema):
+    model: str
+    task_type: str
+    admin_score: float = Field(description="the catalog's score: the estimate's prior")
+    mean: float = Field(description="the posterior mean (docs/learning.md)")
+    low: float = Field(description="90 % credible interval, lower end")
+    high: float = Field(description="90 % credible interval, upper end")
+    evidence: float = Field(description="the signals' weights summed (answers' worth)")
+    signals: int
+    proposal: float | None = Field(description="the score proposed to the admin, when the evidence contradicts it")
+
+
+class LearningOut(Schema):
+    mode: str = Field(description="shadow: shown and proposed; active: used by the policy (TOWEROPS_LEARNING_MODE)")
+    prior_strength: float
+    explore_regret: float
+    rows: list[ObservedQualityOut]
+
+
 class QualityOut(Schema):
     window: Window
     start: dt.datetime

@@ -17,6 +17,7 @@ urlpatterns = [
     path("catalog/<int:model_id>/<int:task_id>/", catalog.update_score, name="update_score"),
     path("slo/", slo.slo, name="slo"),
     path("catalog/floor/<int:task_id>/", catalog.update_floor, name="update_floor"),
+    path("catalog/observed/<int:model_id>/<int:task_id>/accept/", catalog.accept_quality, name="accept_quality"),
     path("catalog/urgency/<int:urgency_id>/<str:field>/", catalog.update_urgency, name="update_urgency"),
     path("vram/", vram.vram_history, name="vram"),
     path("preload/", preload.preload_windows, name="preload"),

@@ -29,6 +29,7 @@ from models_registry.gateway.classifier import classify, prompt_text
 from models_registry.gateway.flow import Call, Flow, GatewayError, Opened
 from models_registry.gateway.recording import Measured
 from models_registry.gateway.relay import Aggregate, Lines, measured_from, parse
+from models_registry.learning import signals
 from models_registry.selection.world import cached_config, load_config
 
 log = logging.getLogger(__name__)
@@ -286,7 +287,8 @@ class Gateway:
                     started=req.arrived,
                     max_wait_s=max_wait_s, input_tokens=_tokens(body), streams=streams,
                     output_tokens=predict if isinstance(predict, int) and predict > 0 else None,
-                    asked_num_ctx=options.get("num_ctx"))
+                    asked_num_ctx=options.get("num_ctx"),
+                    conversation=signals.conversation_digest(body) if path not in ("/api/embed", "/api/embeddings") else "")
 
     # ------------------------------------------------------------------ listing routes
 

@@ -58,6 +58,7 @@ class Call:
     streams: bool = True  # chat/generate: always streamed from Ollama, so the first token is seen here
     started: float = field(default_factory=time.perf_counter)
     asked_num_ctx: Any = None
+    conversation: str = ""  # learning.signals.conversation_digest of the body
     pending: Route | None = None  # the decision taken and not yet answered (cancelled if the client leaves)
 
 
@@ -164,6 +165,7 @@ class Flow:
             route = await self.db(recording.select, req, call.client,
                                   Ask(model=call.named, exclude_endpoints=frozenset(exclude), live=live,
                                       retry_of=retry_of, local_only=True))
+            route.conversation, route.named = call.conversation, call.named is not None
             self.start_write(route)
             call.pending = route
             if route.model is None or route.action == "fallback" or not route.base_url:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from django.db import connection
 
 from models_registry import models as m
+from models_registry.learning import signals
 from models_registry.policy import SelectionRequest
 from models_registry.runtime.loads import EWMA_ALPHA, learn_load_time
 from models_registry.selection import advisory
@@ -48,6 +49,8 @@ class Route:
     endpoint_id: int | None = None
     write: object = None  # the deferred INSERT (selection.service.SelectionResult.write)
     written: object = None  # the gateway's task running it (flow.Flow.start_write)
+    conversation: str = ""  # learning.signals.conversation_digest of the request
+    named: bool = False  # the caller named the model (an escalation is a bigger one named)
 
 
 def select(req: SelectionRequest, client: str, ask: Ask) -> Route:
@@ -116,6 +119,7 @@ class Measured:
     prompt_eval_s: float | None = None
     eval_s: float | None = None
     total_s: float | None = None
+    done_reason: str = ""  # Ollama's: stop | length | ...
 
     def read_final(self, final: dict) -> None:
         """Ollama's final object: counts and durations (ns)."""
@@ -127,6 +131,8 @@ class Measured:
         self.output_tokens = _int(final.get("eval_count"))
         self.load_s, self.prompt_eval_s = sec("load_duration"), sec("prompt_eval_duration")
         self.eval_s, self.total_s = sec("eval_duration"), sec("total_duration")
+        reason = final.get("done_reason")
+        self.done_reason = reason[:20] if isinstance(reason, str) else ""
 
 
 def _int(v) -> int | None:
@@ -146,10 +152,12 @@ def record(route: Route, measured: Measured) -> None:
             success=measured.result == "ok", measured_by="gateway", result=measured.result,
             error=measured.error[:2000], prompt_tokens=measured.prompt_tokens, output_tokens=measured.output_tokens,
             load_s=measured.load_s, prompt_eval_s=measured.prompt_eval_s, eval_s=measured.eval_s,
-            total_s=measured.total_s,
+            total_s=measured.total_s, done_reason=measured.done_reason, conversation=route.conversation,
         ),
     )
     rollups.mark_hour_dirty(route.created_at)
+    signals.record_gateway_answer(route.decision_id, measured.result, measured.done_reason, first,
+                                  route.conversation, route.named, utcnow())
     if measured.result == "ok" and route.model_id is not None and route.endpoint_id is not None:
         learn(route.model_id, route.endpoint_id, measured)
 

@@ -6,12 +6,14 @@
     place_many(world, tags) -> {tag: Placement | None}   a warm set, never over-committing
     free_mib_by_gpu(world) -> {gpu key: MiB}   the VRAM bookkeeping both use
     fit_warm_set(world, tags), never_fits(world, tags)   preload windows' fit checks
+    select_learned(world, request, estimates, draw, regret)   active learning: select on observed quality
 
 The scoring rule is documented once, in models_registry/policy/select.py.
 """
 from .placement import free_mib_by_gpu, place, place_many, recency
 from .named import select_named
 from .select import POLICY_VERSION, PolicyInputError, select
+from .learning import Estimate, Evidence, estimate, select_learned
 from .types import (
     Candidate,
     Decision,
@@ -55,4 +57,8 @@ __all__ = [
     "recency",
     "select",
     "select_named",
+    "Estimate",
+    "Evidence",
+    "estimate",
+    "select_learned",
 ]

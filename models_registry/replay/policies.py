@@ -63,6 +63,7 @@ from models_registry.policy import (
     place,
     select,
 )
+from models_registry.policy.learning import learned_world
 from models_registry.policy.ollama_rules import take_slot
 from models_registry.policy.preload import IDLE_S as PRELOAD_IDLE_S
 from models_registry.policy.preload import WindowView, plan_preload, warm_set
@@ -175,6 +176,7 @@ class TowerOpsPolicy(Policy):
         self._cooling = False
         self.preload_log: list[tuple[float, str, str]] = []  # (t, "load"/"skip"/"cool"/"upgrade", tag)
         self._recent: deque = deque()  # (arrival, task type) of the recent-use window: moving up's demand
+        self.learner = None  # replay.learning.Learner: a hidden truth to learn (simulate's ``truth``)
 
     def prepare(self, requests: list[Request]) -> None:
         self.first = requests[0].arrival_s if requests else 0.0
@@ -182,6 +184,14 @@ class TowerOpsPolicy(Policy):
             self.next_tick = self.first - self.warmup_s
         elif self.world.params.upgrade_min_gain < 1.0:
             self.next_tick = self.first  # no windows: the beat only moves up, from the first request on
+
+    def world_at(self, now: float, busy: bool = True) -> World:
+        world = super().world_at(now, busy)
+        learner = self.learner
+        if learner is not None and learner.truth.mode != "shadow":
+            # Active mode: the beat (windows, moving up) sees the observed quality too, as live.
+            world = learned_world(world, learner.estimates)
+        return world
 
     def wanted_at(self, now: float) -> tuple[str, ...]:
         if self.start is None or not self.windows:
@@ -289,8 +299,17 @@ class TowerOpsPolicy(Policy):
         tower = self.tower
         tower.advance(now)
         world = self.world_at(now)
-        d = select(world, SelectionRequest(req.task_type, req.urgency, expected_output_tokens=req.output_tokens,
-                                           input_tokens=req.input_tokens))
+        sreq = SelectionRequest(req.task_type, req.urgency, expected_output_tokens=req.output_tokens,
+                                input_tokens=req.input_tokens)
+        learner = self.learner
+        d = select(world, sreq) if learner is None else learner.decide(world, sreq, now)
+        served = self._carry_out(d, req, now)
+        if learner is not None:
+            learner.answered(req, served.model, served.action, served.end)
+        return served
+
+    def _carry_out(self, d, req: Request, now: float) -> Served:
+        tower = self.tower
         if d.action is None:
             return Served(req, None, None, None, False, now, now, now, None, None)
         m = self.models[d.model]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Callable, Iterable
 
-from .policies import DEFAULT_POLICIES, POLICIES, WARMUP_S
+from .learning import HiddenTruth, Learner
+from .policies import DEFAULT_POLICIES, POLICIES, WARMUP_S, TowerOpsPolicy
 from .tower import SimError, SimResult
 from .traces import Request
 
@@ -19,19 +20,26 @@ __all__ = ["DEFAULT_POLICIES", "POLICIES", "SimError", "SimResult", "simulate"]
 
 
 def simulate(profile, requests: Iterable[Request], policy: str, *, start: dt.datetime | None = None,
-             progress: Callable[[int], None] | None = None, warmup_s: float = WARMUP_S) -> SimResult:
+             progress: Callable[[int], None] | None = None, warmup_s: float = WARMUP_S,
+             truth: HiddenTruth | None = None) -> SimResult:
     """Run ``requests`` (sorted by arrival) through ``policy`` on the profile's tower.
 
     ``start`` (an aware datetime) is the wall-clock time of virtual time 0: with it, the
     towerops policy runs the profile's preload windows; without it, none. ``warmup_s``: the
     preload ticks start this long before the first request (default a week; 0: the trace meets
-    an empty tower, with the first tick at its first request).
+    an empty tower, with the first tick at its first request). ``truth`` (towerops only): the
+    models' hidden true quality, learned from ratings drawn from it (replay/learning.py); the
+    result's ``learner`` holds what was learned and chosen.
     """
     if start is not None and start.tzinfo is None:
         raise ValueError("start must be an aware datetime (with a time zone)")
     requests = requests if isinstance(requests, list) else list(requests)
     world = profile.to_world(0.0)
     pol = POLICIES[policy](world, profile, start, warmup_s)
+    if truth is not None:
+        if not isinstance(pol, TowerOpsPolicy):
+            raise ValueError("a hidden truth is learned by the towerops policy only")
+        pol.learner = Learner(truth, world)
     pol.prepare(requests)
     served = []
     handle = pol.handle
@@ -46,5 +54,7 @@ def simulate(profile, requests: Iterable[Request], policy: str, *, start: dt.dat
     pol.finish(end)
     pol.tower.close(end)
     usable = float(sum(pol.tower.usable.values()))
-    return SimResult(policy, served, pol.tower.loads, pol.tower.spans, usable, end,
-                     pol.tower.vram_samples, dict(pol.tower.max_used), pol.tower.info, start)
+    result = SimResult(policy, served, pol.tower.loads, pol.tower.spans, usable, end,
+                       pol.tower.vram_samples, dict(pol.tower.max_used), pol.tower.info, start)
+    result.learner = getattr(pol, "learner", None)
+    return result

@@ -114,6 +114,7 @@ class SimResult:
     max_vram_by_gpu: dict[str, int]
     residencies: dict[int, tuple[str, str, float]]  # key -> (model, endpoint, ready_at)
     start: dt.datetime | None = None  # the wall clock of virtual time 0, when preloads ran
+    learner: object = None  # replay.learning.Learner, when a hidden truth was learned
 
 
 class Tower:

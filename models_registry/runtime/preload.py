@@ -24,6 +24,8 @@ from models_registry.runtime.reservations import (
     request_unload,
     reserve,
 )
+from models_registry.learning import quality as observed_quality
+from models_registry.policy.learning import learned_world
 from models_registry.selection.world import Config, load_config, read_world
 
 
@@ -48,6 +50,8 @@ def desired_warm_set(at: dt.datetime) -> list[str]:
 def plan_now(now: dt.datetime) -> tuple[PreloadPlan, World, Config]:
     """The plan for `now`, the world it was made on, and its Config; call it holding the reservation lock."""
     world, cfg, _ = read_world(now)
+    if observed_quality.active():  # the beat sees the observed quality the selections see
+        world = learned_world(world, observed_quality.cached_estimates())
     preloaded = set(
         m.Residency.objects.filter(state__in=m.Residency.ACTIVE_STATES, trigger=m.Trigger.PRELOAD)
         .values_list("model__tag", "endpoint__name")

@@ -5,6 +5,7 @@ from django.db import transaction
 
 from models_registry import models as m
 from models_registry.errors import BadInput, HourSealed
+from models_registry.learning import signals
 from models_registry.selection import advisory
 from models_registry.slo import rollups
 from models_registry.timeutil import utcnow
@@ -41,5 +42,7 @@ def record_outcome(decision_id: int, response_ms: int, success: bool, rating: fl
             defaults={"response_ms": response_ms, "first_token_ms": first_token_ms, "success": success,
                       "rating": rating, "reported_at": utcnow()},
         )
+        if rating is not None:
+            signals.record_rating(decision_id, rating, utcnow())  # observed quality's explicit signal
     advisory.release(decision_id, residency_id)  # served: its queue time is no longer a guess
     return outcome

@@ -78,7 +78,7 @@ _DECISION_COLUMNS = (
     "input_tokens",
     "model_id", "endpoint_id", "gpu_keys", "action", "expected_wait_s", "expected_response_s", "quality",
     "met_floor", "warned", "reason", "evictions", "candidates", "input_state", "config_id", "policy_version",
-    "decision_us", "residency_id", "source", "retry_of_id",
+    "decision_us", "residency_id", "source", "retry_of_id", "explored",
 )
 _JSON_COLUMNS = {"evictions", "candidates", "input_state"}
 # Written by hand rather than through the ORM: this INSERT is on every selection's path and
@@ -91,7 +91,7 @@ _INSERT_DECISION_SQL = "INSERT INTO models_registry_selectiondecision ({}) VALUE
 
 def record_decision(
     req: SelectionRequest, client: str, decision: Decision, world: World, cfg: Config, now: dt.datetime,
-    us: int, residency_id: int | None, *, source: str = "api", retry_of: int | None = None,
+    us: int, residency_id: int | None, *, source: str = "api", retry_of: int | None = None, explored: bool = False,
 ) -> m.SelectionDecision:
     values = {
         "created_at": now,
@@ -121,6 +121,7 @@ def record_decision(
         "residency_id": residency_id,
         "source": source,
         "retry_of_id": retry_of,
+        "explored": explored,
     }
     params = [json.dumps(values[c]) if c in _JSON_COLUMNS else values[c] for c in _DECISION_COLUMNS]
     with connection.cursor() as cur:

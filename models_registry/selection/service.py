@@ -12,6 +12,7 @@ from django.db import connection
 from models_registry import models as m
 from models_registry import policy
 from models_registry.errors import UnknownChoice
+from models_registry.learning import quality
 from models_registry.policy import Decision, SelectionRequest, World
 from models_registry.runtime import dispatch
 from models_registry.runtime.reservations import lock_reservations, reserve
@@ -57,7 +58,7 @@ class Ask:
 _API = Ask()
 
 
-def _decide(req: SelectionRequest, now: dt.datetime, ask: Ask) -> tuple[Decision, World, Config, dict, int]:
+def _decide(req: SelectionRequest, now: dt.datetime, ask: Ask) -> tuple[Decision, World, Config, dict, int, bool]:
     world, cfg, rids = read_world(now, live=ask.live)
     if ask.exclude_endpoints:
         # A failed endpoint is, to the policy, down for this request.
@@ -68,8 +69,14 @@ def _decide(req: SelectionRequest, now: dt.datetime, ask: Ask) -> tuple[Decision
             dataclasses.replace(m, enabled=False) if m.kind != "local" and m.enabled else m for m in world.models))
     validate_request(req, cfg)
     t0 = time.perf_counter_ns()
-    decision = policy.select(world, req) if ask.model is None else policy.select_named(world, req, ask.model)
-    return decision, world, cfg, rids, (time.perf_counter_ns() - t0) // 1000
+    explored = False
+    if ask.model is not None:
+        decision = policy.select_named(world, req, ask.model)
+    elif quality.active():  # TOWEROPS_LEARNING_MODE=active: observed quality, bounded exploration
+        decision, explored = quality.select_active(world, req)
+    else:
+        decision = policy.select(world, req)
+    return decision, world, cfg, rids, (time.perf_counter_ns() - t0) // 1000, explored
 
 
 def select_and_record(
@@ -88,7 +95,7 @@ def select_and_record(
     Ollama instead of before.
     """
     now = now or utcnow()
-    decision, world, cfg, rids, us = _decide(req, now, ask)
+    decision, world, cfg, rids, us, explored = _decide(req, now, ask)
     if dry_run:
         return SelectionResult(decision, None)
     gateway = source == "gateway"
@@ -101,7 +108,7 @@ def select_and_record(
 
     def write() -> m.SelectionDecision:
         record = record_decision(req, client, decision, world, cfg, now, us, residency_id,
-                                 source=source, retry_of=ask.retry_of)
+                                 source=source, retry_of=ask.retry_of, explored=explored)
         _mark_used(residency_id, decision, now, record.pk, req.urgency, gateway=gateway)
         return record
 
@@ -114,7 +121,7 @@ def _decide_and_reserve(req: SelectionRequest, client: str, now: dt.datetime, as
     """Under the reservation lock: decide again (the state may have moved) and book a load's VRAM."""
     gateway = source == "gateway"
     lock_reservations()
-    decision, world, cfg, rids, us = _decide(req, now, ask)
+    decision, world, cfg, rids, us, explored = _decide(req, now, ask)
     residency_id = None
     if decision.action == "load":
         residency_id = reserve(
@@ -124,7 +131,7 @@ def _decide_and_reserve(req: SelectionRequest, client: str, now: dt.datetime, as
     elif decision.action in ("use_loaded", "wait_for_load"):
         residency_id = rids.get((decision.model, decision.endpoint))
     record = record_decision(req, client, decision, world, cfg, now, us, residency_id,
-                             source=source, retry_of=ask.retry_of)
+                             source=source, retry_of=ask.retry_of, explored=explored)
     if decision.action == "load":
         dispatch.enqueue_load(residency_id, decision_id=record.pk)
     # The load's own request is booked too: the next ones queue behind it once the model is ready.

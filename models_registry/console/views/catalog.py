@@ -9,7 +9,9 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from models_registry import conf
 from models_registry import models as m
+from models_registry.learning import quality as observed_quality
 from models_registry.console.views.common import staff_required
 from models_registry.selection import world as state
 
@@ -95,7 +97,14 @@ def _catalog_context(errors: dict | None = None) -> dict:
         for f in ("patience_s", "wait_weight"):
             raw, error = errors.get((f, u.id), (None, None))
             u.cells.append({"u": u, "field": f, "value": getattr(u, f), "raw": raw, "error": error})
-    return {"tasks": tasks, "grid": grid, "urgencies": urgencies, "history": _config_history()}
+    return {"tasks": tasks, "grid": grid, "urgencies": urgencies, "history": _config_history(), **_observed_context()}
+
+
+def _observed_context(message: str = "", error: str = "") -> dict:
+    """Observed quality beside the admin's scores (learning/quality.py), with the proposals."""
+    return {"observed": observed_quality.observed(), "learning_mode": conf.value("TOWEROPS_LEARNING_MODE"),
+            "prior_strength": conf.value("TOWEROPS_LEARNING_PRIOR_STRENGTH"),
+            "observed_message": message, "observed_error": error}
 
 
 @require_GET
@@ -178,3 +187,29 @@ def update_urgency(request, urgency_id: int, field: str):
         state.invalidate_config()
     cell = {"u": urgency, "field": field, "value": getattr(urgency, field), "raw": raw, "error": error}
     return _after_edit(request, bool(error), "ucell", {"cell": cell}, {(field, urgency.id): (raw, error)})
+
+
+@require_POST
+@staff_required
+def accept_quality(request, model_id: int, task_id: int):
+    """Set a quality score to the observed proposal (recorded in the score's history with its
+    evidence). HTMX: the observed-quality section, and the grid out of band (its cell changed)."""
+    get_object_or_404(m.QualityScore, model_id=model_id, task_type_id=task_id)
+    try:
+        old, new = observed_quality.accept_proposal(model_id, task_id, request.user)
+    except observed_quality.NoProposal as exc:
+        message, error = "", str(exc)
+    else:
+        model = m.LlmModel.objects.filter(pk=model_id).values_list("tag", flat=True).first()
+        task = m.TaskType.objects.filter(pk=task_id).values_list("name", flat=True).first()
+        message, error = f"{model} × {task}: {old:.2f} → {new:.2f} (accepted from observed quality)", ""
+    if not request.htmx:
+        if error:
+            return render(request, "console/catalog.html", {**_catalog_context(), **_observed_context(error=error)},
+                          status=409)
+        return redirect("console:catalog")
+    ctx = {**_catalog_context(), **_observed_context(message, error), "grid_oob": not error}
+    response = render(request, "console/catalog.html#accepted", ctx, status=409 if error else 200)
+    if not error:
+        response["HX-Trigger"] = "catalog-changed"
+    return response
