@@ -202,7 +202,7 @@ def explore(world: World, request: SelectionRequest, estimates: Estimates, draw:
         if est is None or base < floor:
             models.append(mv)
             continue
-        q = min(max(draw(est.alpha, est.beta), base), base + max_regret)
+        q = min(max(draw(est.alpha, est.beta), base), base + max_regret, 1.0)
         if q > base:
             raised[mv.tag] = base
             mv = dataclasses.replace(mv, quality={**mv.quality, task: q})
