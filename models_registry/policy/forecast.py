@@ -35,7 +35,7 @@ urgency (``URGENCY_WEIGHT``: a person waiting counts more than a batch job), ask
 by the one rule of ``policy.warmset.demand_warm_set`` (the replay's clairvoyant reference uses it
 too): best quality meeting the floor, placed on the empty tower with no eviction, largest first,
 so the set fits together by the placement rules (Ollama's 80 % pre-flight and loaded-model limit
-included). Each task type gets its best model, and a further one (the next best) for every
+included); a model that cannot fit the tower even alone is no task type's best. Each task type gets its best model, and a further one (the next best) for every
 ``k`` with ``λ·ρ^k ≥ 1``: λ its rate, ρ = λ·s / 3600 the share of time its best model is busy (s
 its service seconds at the task's default tokens), so λ·ρ^k is how many requests an hour would find
 the k models before busy; a copy that serves one an hour earns its VRAM (the SLO's VRAM efficiency
@@ -52,9 +52,10 @@ import datetime as dt
 import math
 import statistics
 import zoneinfo
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
 
+from .placement import place
 from .types import World
 from .warmset import demand_warm_set, empty_tower
 
@@ -246,6 +247,11 @@ def recommend_windows(world: World, demand: Demand, *, min_rate: float = MIN_RAT
     if min_rate <= 0:
         raise ForecastError("min_rate: must be > 0")
     tower = empty_tower(world)
+    # A task type's best models are those that fit the tower at all (a 20 GB model on 16 GB GPUs is
+    # no one's best here): the others are left out before the warm sets are chosen.
+    fits = {mo.tag for mo in tower.models if mo.kind == "local" and mo.enabled
+            and place(tower, mo.tag, allow_evictions=False) is not None}
+    tower = replace(tower, models=tuple(mo for mo in tower.models if mo.kind != "local" or mo.tag in fits))
     sets: list[tuple[str, ...]] = []
     where: list[dict[str, str]] = []
     cache: dict = {}
