@@ -14,7 +14,8 @@ clock, across clock changes too). Per series (task type, urgency):
 * ``slot`` rate of a slot: the counts of its occurrences (one per week observed) — their
   **median** when the slot was seen at least 3 times, else their mean. The median ignores a
   holiday week (or a week of an outage, or a one-off batch) as long as most weeks were ordinary;
-* ``hour-of-day`` rate: the same over every day's hour at that local time (median from 3 days);
+* ``hour-of-day`` rate: the same over every day's hour at that local time, days of the same kind
+  (weekdays, weekend days) when any was observed, else all days (median from 3 days);
 * ``overall`` rate: all the series' events ÷ all the hours observed.
 
 The estimate shrinks the slot rate toward the hour-of-day rate, and that toward the overall rate,
@@ -164,26 +165,29 @@ def estimate_demand(events: Iterable[tuple], since, until, zone: str = "UTC") ->
     occurrences: list[list[int]] = [[] for _ in range(HOURS_PER_WEEK)]
     for i, slot in enumerate(slot_of):
         occurrences[slot].append(i)
-    days_of: list[list[int]] = [[] for _ in range(24)]
+    # The hours of each local hour of day, per kind of day (weekday, weekend): people keep other
+    # hours on Saturdays, so a weekend hour is pooled with weekend days when there are any.
+    days_of: dict[tuple[bool, int], list[int]] = {}
     for i, slot in enumerate(slot_of):
-        days_of[slot % 24].append(i)
+        days_of.setdefault((slot >= 5 * 24, slot % 24), []).append(i)
     rates = {}
     for key, series in sorted(counts.items()):
         overall = sum(series.values()) / n_hours
-        by_hour = []
-        for hd in range(24):
-            idxs = days_of[hd]
-            d = len(idxs)
-            pooled = _typical([series.get(i, 0) for i in idxs]) if d else overall
-            v = d / (d + PRIOR_DAYS)
-            by_hour.append(v * pooled + (1 - v) * overall)
+        by_hour = {}
+        for weekend in (False, True):
+            for hd in range(24):
+                idxs = days_of.get((weekend, hd)) or days_of.get((not weekend, hd), [])
+                d = len(idxs)
+                pooled = _typical([series.get(i, 0) for i in idxs]) if d else overall
+                v = d / (d + PRIOR_DAYS)
+                by_hour[weekend, hd] = v * pooled + (1 - v) * overall
         out = []
         for slot in range(HOURS_PER_WEEK):
             idxs = occurrences[slot]
             n = len(idxs)
             own = _typical([series.get(i, 0) for i in idxs]) if n else 0.0
             w = n / (n + PRIOR_WEEKS)
-            out.append(w * own + (1 - w) * by_hour[slot % 24])
+            out.append(w * own + (1 - w) * by_hour[slot >= 5 * 24, slot % 24])
         rates[key] = tuple(out)
     return Demand(rates, zone, n_hours)
 

@@ -24,9 +24,9 @@ def test_a_holiday_week_does_not_pull_the_median_down():
     # Mon 10:00: 6 requests in weeks 0 and 2, none in week 1 (a holiday).
     events = [(_at(w, 0, 10, k), *CODE) for w in (0, 2) for k in range(6)]
     d = estimate_demand(events, MONDAY, MONDAY + dt.timedelta(weeks=3))
-    # slot: median(6, 0, 6) = 6 (the mean would be 4), weight 3/4; hour of day 10: median over 21 days
-    # = 0, weight 21/22; overall: 12 requests / 504 hours.
-    expected = 0.75 * 6 + 0.25 * (21 / 22 * 0 + 1 / 22 * 12 / 504)
+    # slot: median(6, 0, 6) = 6 (the mean would be 4), weight 3/4; hour of day 10 on weekdays: median
+    # over 15 days = 0, weight 15/16; overall: 12 requests / 504 hours.
+    expected = 0.75 * 6 + 0.25 * (15 / 16 * 0 + 1 / 16 * 12 / 504)
     assert d.rates[CODE][10] == pytest.approx(expected)
     assert d.weeks == 3
 
@@ -39,6 +39,7 @@ def test_a_day_of_history_is_shrunk_toward_the_hour_of_day_and_the_overall_rate(
     assert d.rates[CODE][10] == pytest.approx(0.5 * 4 + 0.5 * hour10)  # Monday 10:00, seen once: w = 1/2
     assert d.rates[CODE][24 + 10] == pytest.approx(hour10)  # Tuesday 10:00, never seen: the hour of day's rate
     assert d.rates[CODE][11] == pytest.approx(0.5 * (0.5 * overall))  # seen, empty: shrunk from 0 toward the rest
+    assert d.rates[CODE][5 * 24 + 10] == pytest.approx(hour10)  # no weekend day seen: pooled with the weekday
 
 
 def test_epoch_seconds_count_like_datetimes_and_events_outside_the_span_are_ignored():
