@@ -7,7 +7,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "towerops.settings")
 
 app = Celery("towerops")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["models_registry.runtime", "models_registry.slo", "models_registry.ops"])
+app.autodiscover_tasks(["models_registry.runtime", "models_registry.slo", "models_registry.ops", "models_registry.learning"])
 
 
 @setup_logging.connect

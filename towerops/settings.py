@@ -268,3 +268,6 @@ TOWEROPS_LEARNING_MODE = conf.from_env("TOWEROPS_LEARNING_MODE")
 TOWEROPS_LEARNING_PRIOR_STRENGTH = conf.from_env("TOWEROPS_LEARNING_PRIOR_STRENGTH")
 TOWEROPS_LEARNING_EXPLORE_REGRET = conf.from_env("TOWEROPS_LEARNING_EXPLORE_REGRET")
 TOWEROPS_PRELOAD_SUGGEST = conf.from_env("TOWEROPS_PRELOAD_SUGGEST")
+if TOWEROPS_PRELOAD_SUGGEST != "off":  # predicted preload windows, learned weekly (learning/windows.py)
+    CELERY_BEAT_SCHEDULE["suggest-preload-windows"] = {
+        "task": "models_registry.learning.tasks.suggest_preload_windows", "schedule": 7 * 86400.0}

@@ -24,6 +24,7 @@ urlpatterns = [
     path("preload/new/", preload.preload_edit, name="preload_new"),
     path("preload/<int:pk>/", preload.preload_edit, name="preload_edit"),
     path("preload/<int:pk>/toggle/", preload.preload_toggle, name="preload_toggle"),
+    path("preload/suggestions/<int:pk>/<str:action>/", preload.preload_suggestion, name="preload_suggestion"),
     path("replay/", replay.replay_runs, name="replay_runs"),
     path("replay/<int:pk>/", replay.replay_run, name="replay_run"),
     path("replay/<int:pk>/plots/<str:name>", replay.replay_plot, name="replay_plot"),

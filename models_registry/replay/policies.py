@@ -68,6 +68,7 @@ from models_registry.policy.ollama_rules import take_slot
 from models_registry.policy.preload import IDLE_S as PRELOAD_IDLE_S
 from models_registry.policy.preload import WindowView, plan_preload, warm_set
 from models_registry.policy.upgrade import after_windows, plan_upgrade
+from models_registry.policy.warmset import demand_warm_set
 
 from .tower import (
     INF,
@@ -450,23 +451,11 @@ class ClairvoyantPolicy(Policy):
 
     def prepare(self, requests: list[Request]) -> None:
         counts = Counter(r.task_type for r in requests)
-        w = self.world
-        local = [m for m in w.models if m.kind == "local" and m.enabled]
-        order: list[str] = []
-        for task, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-            floor = _floor(w, task)
-            for m in sorted(local, key=lambda m: (-m.quality.get(task, 0.0), m.tag)):
-                if m.quality.get(task, 0.0) >= floor and m.tag not in order:
-                    order.append(m.tag)
         t0 = min(0.0, requests[0].arrival_s if requests else 0.0) - 1.0  # ready before the trace starts
         tower = self.tower
-        # Largest first (as a preload window places them): Ollama loads a model beside others only
-        # within 80 % of what is free, so big ones go first; the order above decides who is in.
-        size = {m.tag: m.vram_mib for m in local}
-        for tag in sorted(order, key=lambda t: (-size[t], order.index(t))):
-            p = place(self.world_at(t0, busy=False), tag, allow_evictions=False)
-            if p is None:
-                continue
+        # The warm set rule lives once (policy.warmset.demand_warm_set, the predicted windows' too):
+        # the trace's task mix, every model meeting a floor, placed largest first with no eviction.
+        for tag, p in demand_warm_set(self.world_at(t0, busy=False), counts).items():
             tower.load(self.models[tag], p.endpoint, p.vram_by_gpu, t0 - p.load_s, p.load_s, p.split,
                        trigger="preload")
         self.warm = [k[0] for k in tower.residents]

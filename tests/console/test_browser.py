@@ -412,3 +412,27 @@ def test_the_week_grids_numbers_are_readable_and_now_is_marked(page):
     local = dt.datetime.now(display_tz())
     assert (now.get_attribute("data-day"), now.get_attribute("data-hour")) == (str(local.weekday()), str(local.hour))
     shot(page, "preload_now")
+
+
+def test_accepting_a_suggested_window_replaces_the_windows(page):
+    from models_registry import models as m
+    from tests.console.test_preload_suggestions import WINDOW, make_suggestion
+
+    s = make_suggestion()
+    page.click("text=Preload")
+    page.wait_for_selector("#suggestion")
+    assert WINDOW["name"] in page.inner_text("#suggested-windows")
+    assert "51.2 %" in page.inner_text("#suggestion-estimate")
+    shot(page, "preload-suggestion")
+    page.click("#accept-suggestion")
+    page.wait_for_selector("#suggestion", state="detached")
+    rows = page.inner_text("#windows")
+    assert WINDOW["name"] in rows and "enabled" in rows
+    shot(page, "preload-accepted")
+    enabled = list(m.PreloadWindow.objects.filter(enabled=True).values_list("name", flat=True))
+    assert enabled == [WINDOW["name"]]
+    s.refresh_from_db()
+    assert s.status == "accepted" and s.decided_by.username == "alice"
+    page.reload()  # the page as it is now: no open suggestion, the old windows disabled
+    assert page.locator("#suggestion").count() == 0
+    assert "disabled" in page.inner_text("#windows")

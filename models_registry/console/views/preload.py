@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
-from django.http import HttpResponseNotAllowed
+from django.http import Http404, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
@@ -13,6 +13,7 @@ from models_registry import models as m
 from models_registry.console import preload_grid as preload
 from models_registry.console.forms import PreloadWindowForm
 from models_registry.console.views.common import staff_required
+from models_registry.learning import windows as learned
 from models_registry.selection import world as state
 
 
@@ -26,13 +27,39 @@ def _preload_context(world, form=None, edited: preload.WindowSpec | None = None,
     return ctx
 
 
-@require_GET
-@login_required
-def preload_windows(request):
+def _page_context() -> dict:
     world = state.read_world(timezone.now())[0]
     ctx = _preload_context(world)
     ctx["windows"] = m.PreloadWindow.objects.prefetch_related("models").order_by("start_time", "name")
-    return render(request, "console/preload.html", ctx)
+    ctx["suggestion"] = learned.open_suggestion()
+    return ctx
+
+
+@require_GET
+@login_required
+def preload_windows(request):
+    return render(request, "console/preload.html", _page_context())
+
+
+@require_POST
+@staff_required
+def preload_suggestion(request, pk: int, action: str):
+    """Accept or dismiss a predicted-windows suggestion; HTMX gets the page's body back (windows
+    replaced), a plain POST a redirect to the page."""
+    if action not in ("accept", "dismiss"):
+        raise Http404(f"no action {action!r} on a suggestion (accept, dismiss)")
+    try:
+        if action == "accept":
+            learned.accept(pk, request.user)
+        else:
+            learned.dismiss(pk, request.user)
+    except learned.SuggestionError as exc:
+        ctx = {**_page_context(), "suggestion_error": str(exc)}
+        return render(request, "console/preload.html#body" if request.htmx else "console/preload.html", ctx,
+                      status=409)
+    if request.htmx:
+        return render(request, "console/preload.html#body", _page_context())
+    return redirect("console:preload")
 
 
 def _edited_spec(form) -> preload.WindowSpec | None:
