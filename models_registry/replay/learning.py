@@ -181,3 +181,18 @@ def convergence(log: list[Chosen], task: str, better: str, worse: str, oracle: l
             out["oracle_true_quality_after"] = q_oracle
             out["regret_after"] = q_oracle - q_self
     return out
+
+
+def learning_summary(learner: Learner) -> dict:
+    """What a run learned, for its result: per hidden (model, task type), the truth, the catalog's
+    score, the final estimate with its evidence, and the proposal; and how many decisions explored."""
+    pairs = []
+    for (tag, task), true_q in sorted(learner.truth.quality.items()):
+        ev = learner.evidence.get((tag, task), Evidence())
+        est = estimate(learner.prior.get((tag, task), 0.0), learner.truth.prior_strength, ev)
+        pairs.append({"model": tag, "task_type": task, "true_quality": true_q, "catalog": est.prior,
+                      "estimate": est.mean, "low": est.low, "high": est.high, "signals": est.count,
+                      "proposal": est.proposal,
+                      "served": sum(c.model == tag and c.task == task for c in learner.log)})
+    return {"mode": learner.truth.mode, "pairs": pairs, "explored": sum(c.explored for c in learner.log),
+            "explored_loads": sum(c.explored and c.action == "load" for c in learner.log)}

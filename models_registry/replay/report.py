@@ -121,4 +121,16 @@ def table(summaries: list[dict], labels: list[str] | None = None) -> str:
     ]
     for label, get in extra:
         lines.append(label.ljust(32) + "".join((get(s) + "  ").rjust(width) for s in summaries))
+    for s in summaries:
+        learned = s.get("learning")
+        if not learned:
+            continue
+        where = f"{s['policy']} @ {s['profile']}" if s.get("profile") else s["policy"]
+        lines.append(f"learned ({where}, {learned['mode']}; {learned['explored']} exploring decisions, "
+                     f"{learned['explored_loads']} of them loads):")
+        for p in learned["pairs"]:
+            proposal = f", proposes {p['proposal']:.2f}" if p["proposal"] is not None else ""
+            lines.append(f"  {p['model']} × {p['task_type']}: catalog {p['catalog']:.2f}, true {p['true_quality']:.2f}"
+                         f" -> estimate {p['estimate']:.3f} [{p['low']:.2f}-{p['high']:.2f}] from {p['signals']} "
+                         f"ratings, served {p['served']}{proposal}")
     return "\n".join(lines)

@@ -16,6 +16,11 @@ validated as any profile) or a *patch* on the base profile (``--profile``)::
       models:
         - {tag: "mistral:7b", enabled: false}            # disable a model
         - {tag: tinyllama, remove: true}                 # or drop it from the catalog
+    truth:                           # optional: the models' true quality, hidden from the policy
+      mode: active                   # active | shadow | oracle (replay/learning.py)
+      quality:                       # outcomes are drawn from these; towerops learns them
+        - {model: "llama3.2:3b", task_type: chat, quality: 0.74}
+        - {model: "mistral:7b", task_type: chat, quality: 0.93}
 
 Merge rules: mappings merge key by key; a list of mappings merges item by item on its key
 field (``tag`` in ``models``, ``index`` in ``gpus``, ``name`` elsewhere): a matching item
@@ -32,6 +37,8 @@ from pathlib import Path
 import yaml
 
 from models_registry.catalog.profile import Profile, ProfileError, parse_profile
+
+from .learning import HiddenTruth
 
 KEY_FIELDS = {"models": "tag", "gpus": "index"}
 PROFILE_KEYS = {"version", "hosts", "task_types", "urgency_classes", "models", "preload_windows", "policy"}
@@ -85,11 +92,12 @@ def load_what_if(path: str | Path, base_data: dict, base_source: str) -> tuple[s
     data = _read_yaml(path, "what-if file")
     if not isinstance(data, dict):
         raise ProfileError(str(path), "", "a what-if file is a profile, or a mapping with name and changes")
-    if "changes" in data:
-        extra = set(data) - {"name", "description", "changes"}
+    if "changes" in data or "truth" in data:
+        extra = set(data) - {"name", "description", "changes", "truth"}
         if extra:
-            raise ProfileError(str(path), sorted(extra)[0], "unknown field (a patch has name, description, changes)")
-        changes = data["changes"]
+            raise ProfileError(str(path), sorted(extra)[0],
+                               "unknown field (a patch has name, description, changes, truth)")
+        changes = data.get("changes", {})
         if not isinstance(changes, dict):
             raise ProfileError(str(path), "changes", "a mapping of profile sections to change")
         unknown = set(changes) - PROFILE_KEYS
@@ -99,8 +107,12 @@ def load_what_if(path: str | Path, base_data: dict, base_source: str) -> tuple[s
         merged = merge(base_data, changes, str(path), "changes")
         profile = parse_profile(merged, f"{path} (on {base_source})")
         label = str(data.get("name") or path.stem)
-        return label, profile, {"file": str(path), "kind": "patch", "name": label,
-                                "description": data.get("description", ""), "changes": changes}
+        desc = {"file": str(path), "kind": "patch", "name": label, "description": data.get("description", ""),
+                "changes": changes}
+        if "truth" in data:
+            hidden_truth(data["truth"], profile, str(path))  # checked now: a bad field is named before any run
+            desc["truth"] = data["truth"]
+        return label, profile, desc
     profile = parse_profile(data, str(path))
     return path.stem, profile, {"file": str(path), "kind": "profile", "name": path.stem}
 
@@ -110,3 +122,22 @@ def load_base(path: str | Path) -> tuple[dict, Profile]:
     path = Path(path)
     data = _read_yaml(path, "profile")
     return data, parse_profile(data, str(path))
+
+
+def hidden_truth(data, profile: Profile, source: str) -> HiddenTruth:
+    """A what-if's ``truth:`` (replay/learning.py): the models' true quality, hidden from the policy,
+    learned by the towerops policy from ratings drawn from it. Every model and task type it names
+    must be in the profile."""
+    try:
+        truth = HiddenTruth.parse(data, "truth")
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        raise ProfileError(source, field, message) from None
+    tags = {m.tag for m in profile.models}
+    tasks = {t.name for t in profile.task_types}
+    for i, (tag, task) in enumerate(truth.quality):
+        if tag not in tags:
+            raise ProfileError(source, f"truth.quality[{i}].model", f"no model {tag!r} in the profile")
+        if task not in tasks:
+            raise ProfileError(source, f"truth.quality[{i}].task_type", f"no task type {task!r} in the profile")
+    return truth

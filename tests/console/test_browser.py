@@ -108,6 +108,30 @@ def test_editing_a_quality_score_persists_and_shows_in_the_history(page):
     assert page.input_value(f"{cell} input[name=score]") == "0.93"
 
 
+def test_accepting_an_observed_quality_proposal_updates_the_score(page):
+    from django.utils import timezone
+
+    from models_registry import models as m
+
+    model, task = m.LlmModel.objects.get(tag="llama3.2:3b"), m.TaskType.objects.get(name="chat")
+    m.QualitySignal.objects.bulk_create(
+        m.QualitySignal(model=model, task_type=task, kind="rating", value=1.0 if i < 15 else 0.0, weight=1.0,
+                        created_at=timezone.now()) for i in range(30))
+    page.click("text=Catalog")
+    row = f"#observed-{model.pk}-{task.pk}"
+    assert "0.636" in page.inner_text(row)
+    page.click(f"{row} button:has-text('Accept')")
+    try:
+        page.wait_for_selector("#observed >> text=0.84 → 0.64 (accepted from observed quality)")
+        page.wait_for_selector("#history >> text=0.84 → 0.64")
+    finally:
+        shot(page, "catalog-observed")
+    cell = f"#cell-{model.pk}-{task.pk}"
+    assert page.input_value(f"{cell} input[name=score]") == "0.64"  # the grid, swapped out of band
+    assert m.QualityScore.objects.get(model=model, task_type=task).score == 0.64
+    assert page.locator(f"{row} button").count() == 0  # nothing more to accept
+
+
 def test_a_decision_opens_to_show_its_candidates(page):
     from tests.helpers import make_decision
 

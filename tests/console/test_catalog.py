@@ -156,3 +156,57 @@ def test_without_javascript_a_bad_floor_shows_the_page_with_the_error(staff_clie
     response = staff_client.post(reverse("console:update_floor", args=[task.pk]), {"quality_floor": "2"})
     assert response.status_code == 422 and b"<html" in response.content and b"must be between 0 and 1" in response.content
     assert staff_client.post(reverse("console:update_floor", args=[task.pk]), {"quality_floor": "0.5"}).status_code == 302
+
+
+def _rated(tag: str, task: str, good: int, bad: int):
+    """Ratings of good (1) and bad (0) answers by ``tag`` for ``task``, as the outcome API leaves them."""
+    from django.utils import timezone
+
+    model, task_type = m.LlmModel.objects.get(tag=tag), m.TaskType.objects.get(name=task)
+    now = timezone.now()
+    m.QualitySignal.objects.bulk_create(
+        m.QualitySignal(model=model, task_type=task_type, kind="rating", value=1.0 if i < good else 0.0, weight=1.0,
+                        created_at=now)
+        for i in range(good + bad))
+    return model, task_type
+
+
+@pytest.mark.django_db
+def test_observed_quality_shows_beside_the_score_with_its_proposal(viewer_client, tower):
+    model, task = _rated("llama3.2:3b", "chat", 15, 15)  # 0.84 worth 20 answers + 15 of 30 -> 0.636
+    html = viewer_client.get(reverse("console:catalog")).content.decode()
+    row = html[html.index(f'id="observed-{model.pk}-{task.pk}"'):]
+    row = row[:row.index("</tr>")]
+    assert "llama3.2:3b" in row and "0.84" in row and "0.636" in row and "30 signals" in row
+    assert "0.64" in row  # the proposal
+    assert "Accept" not in row  # viewers see it, staff accept it
+    assert "Mode <strong>shadow</strong>" in html
+
+
+@pytest.mark.django_db
+def test_staff_accept_a_proposal_over_htmx_and_the_grid_and_history_follow(staff_client, alice, tower):
+    model, task = _rated("llama3.2:3b", "chat", 15, 15)
+    url = reverse("console:accept_quality", args=[model.pk, task.pk])
+    response = staff_client.post(url, **HX)
+    html = response.content.decode()
+    assert response.status_code == 200 and response["HX-Trigger"] == "catalog-changed"
+    assert html.lstrip().startswith('<section id="observed"')
+    assert "0.84 → 0.64 (accepted from observed quality)" in html
+    assert '<table class="grid" id="grid" hx-swap-oob="true">' in html  # the edited cell, out of band
+    assert m.QualityScore.objects.get(model=model, task_type=task).score == 0.64
+    h = m.QualityScore.history.first()
+    assert h.history_user == alice and h.history_change_reason.startswith("accepted observed quality 0.636")
+    history = staff_client.get(reverse("console:catalog"), **HX).content.decode()
+    assert "0.84 → 0.64" in history
+    # Accepted: nothing more to accept; asking again says so and changes nothing.
+    again = staff_client.post(url, **HX)
+    assert again.status_code == 409 and "nothing to accept" in again.content.decode()
+    assert m.QualityScore.objects.get(model=model, task_type=task).score == 0.64
+
+
+@pytest.mark.django_db
+def test_only_staff_accept_a_proposal(viewer_client, tower):
+    model, task = _rated("llama3.2:3b", "chat", 15, 15)
+    response = viewer_client.post(reverse("console:accept_quality", args=[model.pk, task.pk]), **HX)
+    assert response.status_code in (302, 403)
+    assert m.QualityScore.objects.get(model=model, task_type=task).score == 0.84

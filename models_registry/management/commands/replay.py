@@ -23,7 +23,8 @@ from models_registry.replay import (
 from models_registry.replay.report import summarize, table
 from models_registry.replay.sim import DEFAULT_POLICIES
 from models_registry.replay.traces import IDENTITY, TraceError, trace_origin
-from models_registry.replay.whatif import load_base, load_what_if
+from models_registry.replay.learning import learning_summary
+from models_registry.replay.whatif import hidden_truth, load_base, load_what_if
 
 
 def parse_start(text: str) -> dt.datetime:
@@ -102,7 +103,8 @@ class Command(BaseCommand):
             f"{o['time_scale']:g}, sample {o['sample']:g}, seed {o['seed']}; {clock}; profile {o['profile']}"
             + "".join(f"; what-if {label!r} ({desc['file']})" for label, _, desc in profiles[1:]))
         summaries, results = [], []
-        for label, profile, _ in profiles:
+        for label, profile, desc in profiles:
+            truth = hidden_truth(desc["truth"], profile, desc["file"]) if "truth" in desc else None
             for name in policies:
                 t = time.perf_counter()
                 bar = None
@@ -111,7 +113,8 @@ class Command(BaseCommand):
                     bar = tqdm(total=len(requests), desc=name if len(profiles) == 1 else f"{name} @ {label}",
                                unit="req", file=self.stderr._out)
                 try:
-                    res = simulate(profile, requests, name, start=start, progress=bar.update if bar else None)
+                    res = simulate(profile, requests, name, start=start, progress=bar.update if bar else None,
+                                   truth=truth if name == "towerops" else None)
                 except ValueError as e:  # e.g. a trace's task type the profile does not define
                     raise CommandError(f"{name} on {label}: {e}") from None
                 finally:
@@ -120,6 +123,8 @@ class Command(BaseCommand):
                 results.append((label if len(profiles) > 1 else "", res))
                 s = summarize(res)
                 s["profile"] = label
+                if res.learner is not None:
+                    s["learning"] = learning_summary(res.learner)
                 s["wall_s"] = time.perf_counter() - t
                 summaries.append(s)
         text = table(summaries, [s["profile"] for s in summaries] if len(profiles) > 1 else None)
