@@ -589,6 +589,23 @@ class QualitySignal(models.Model):
         ]
 
 
+class QualityEvidence(models.Model):
+    """The signals of one model × task type summed (Σ weight·value, Σ weight·(1 − value), count), kept
+    in step with QualitySignal by learning/signals.py in the same transaction: the estimate reads one
+    row per pair instead of summing every signal ever given."""
+
+    model = models.ForeignKey(LlmModel, on_delete=models.CASCADE, related_name="quality_evidence")
+    task_type = models.ForeignKey(TaskType, on_delete=models.CASCADE, related_name="quality_evidence")
+    good = models.FloatField(default=0.0)
+    bad = models.FloatField(default=0.0)
+    count = models.IntegerField(default=0)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "quality evidence"
+        constraints = [models.UniqueConstraint(fields=["model", "task_type"], name="qualityevidence_unique")]
+
+
 class WindowSuggestion(models.Model):
     """Preload windows predicted from demand (learning/windows.py), with the replay's estimate of their
     effect beside the current windows'. Accepting one replaces the windows it names (history kept by

@@ -6,7 +6,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from django.db import connection, transaction
+from django.db import transaction
 from simple_history.utils import update_change_reason
 
 from models_registry import conf
@@ -14,17 +14,10 @@ from models_registry import models as m
 from models_registry.policy import Decision, SelectionRequest, World
 from models_registry.policy.learning import Estimate, Evidence, estimate, select_learned
 
-_SUMS_SQL = """
-SELECT model_id, task_type_id, SUM(weight * value), SUM(weight * (1 - value)), COUNT(*)
-FROM models_registry_qualitysignal GROUP BY model_id, task_type_id
-"""
-
-
 def _evidence() -> dict[tuple[int, int], Evidence]:
-    """(model id, task type id) -> the signals summed."""
-    with connection.cursor() as cur:
-        cur.execute(_SUMS_SQL)
-        return {(mid, task): Evidence(good, bad, n) for mid, task, good, bad, n in cur.fetchall()}
+    """(model id, task type id) -> the signals summed (QualityEvidence: one row per pair)."""
+    return {(mid, tid): Evidence(good, bad, n) for mid, tid, good, bad, n in
+            m.QualityEvidence.objects.filter(count__gt=0).values_list("model_id", "task_type_id", "good", "bad", "count")}
 
 
 @dataclass(frozen=True)

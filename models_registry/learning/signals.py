@@ -2,7 +2,8 @@
 
 Each kind is a value (how good: 1 good, 0 bad) and a weight (how many answers' worth of evidence;
 the admin's score is worth TOWEROPS_LEARNING_PRIOR_STRENGTH of them). One signal per decision and
-kind; a later one of the same kind replaces it. Why these weights (docs/learning.md):
+kind; a later one of the same kind replaces it. Each change moves its pair's QualityEvidence (the
+sums the estimate reads) in the same transaction. Why these weights (docs/learning.md):
 
 ==============  =====  ======  =================================================================
 kind            value  weight  when
@@ -31,7 +32,7 @@ import datetime as dt
 import hashlib
 import json
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from models_registry import models as m
 
@@ -64,13 +65,46 @@ def conversation_digest(body: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+_ADD_EVIDENCE_SQL = """
+INSERT INTO models_registry_qualityevidence AS e (model_id, task_type_id, good, bad, count, updated_at)
+VALUES (%(model)s, %(task)s, %(good)s, %(bad)s, %(count)s, %(now)s)
+ON CONFLICT (model_id, task_type_id) DO UPDATE SET
+    good = e.good + EXCLUDED.good, bad = e.bad + EXCLUDED.bad, count = e.count + EXCLUDED.count,
+    updated_at = EXCLUDED.updated_at
+"""
+
+
+def _add_evidence(model_id: int, task_type: int, value: float, weight: float, count: int, now: dt.datetime) -> None:
+    """QualityEvidence moves by one signal (count 1), or back by one (weight negative, count -1)."""
+    with connection.cursor() as cur:
+        cur.execute(_ADD_EVIDENCE_SQL, {"model": model_id, "task": task_type, "good": weight * value,
+                                        "bad": weight * (1.0 - value), "count": count, "now": now})
+
+
 def _put(decision_id: int, model_id: int, task_type: int, kind: str, value: float, now: dt.datetime) -> None:
+    """One signal per decision and kind (a later one replaces it), and the pair's evidence with it."""
     weight = WEIGHTS[kind][1]
-    m.QualitySignal.objects.update_or_create(
-        decision_id=decision_id, kind=kind,
-        defaults={"model_id": model_id, "task_type_id": task_type, "value": value, "weight": weight,
-                  "created_at": now},
-    )
+    with transaction.atomic():
+        old = (m.QualitySignal.objects.select_for_update()
+               .filter(decision_id=decision_id, kind=kind).values_list("model_id", "task_type_id", "value", "weight")
+               .first())
+        if old is not None:
+            _add_evidence(old[0], old[1], old[2], -old[3], -1, now)
+        m.QualitySignal.objects.update_or_create(
+            decision_id=decision_id, kind=kind,
+            defaults={"model_id": model_id, "task_type_id": task_type, "value": value, "weight": weight,
+                      "created_at": now},
+        )
+        _add_evidence(model_id, task_type, value, weight, 1, now)
+
+
+def _withdraw(decision_id: int, kind: str, now: dt.datetime) -> None:
+    """Take a decision's signal of this kind back, and its evidence."""
+    for model_id, task, value, weight in (m.QualitySignal.objects.select_for_update()
+                                          .filter(decision_id=decision_id, kind=kind)
+                                          .values_list("model_id", "task_type_id", "value", "weight")):
+        _add_evidence(model_id, task, value, -weight, -1, now)
+    m.QualitySignal.objects.filter(decision_id=decision_id, kind=kind).delete()
 
 
 def _decision(decision_id: int) -> tuple[int, int] | None:
@@ -116,7 +150,7 @@ def _asked_again(decision_id: int, model_id: int, conversation: str, named: bool
                .filter(conversation=conversation, reported_at__gte=now - dt.timedelta(seconds=REASK_S),
                        decision__model__isnull=False)
                .exclude(decision_id=decision_id)
-               .order_by("-reported_at")
+               .order_by("-reported_at", "-decision_id")
                .values_list("decision_id", "decision__model_id", "decision__task_type_id",
                             "decision__model__parameters_b")
                .first())
@@ -128,5 +162,22 @@ def _asked_again(decision_id: int, model_id: int, conversation: str, named: bool
         size = m.LlmModel.objects.filter(pk=model_id).values_list("parameters_b", flat=True).first()
         if size is not None and earlier_size is not None and size > earlier_size:
             kind = Kind.ESCALATED
-    m.QualitySignal.objects.filter(decision_id=earlier_id, kind=Kind.ANSWERED).delete()
+    _withdraw(earlier_id, Kind.ANSWERED, now)
     _put(earlier_id, earlier_model, task, kind, WEIGHTS[kind][0], now)
+
+
+_RECOUNT_SQL = """
+INSERT INTO models_registry_qualityevidence (model_id, task_type_id, good, bad, count, updated_at)
+SELECT model_id, task_type_id, SUM(weight * value), SUM(weight * (1 - value)), COUNT(*), %(now)s
+FROM models_registry_qualitysignal GROUP BY model_id, task_type_id
+"""
+
+
+def recount(now: dt.datetime) -> int:
+    """QualityEvidence summed again from every QualitySignal (after signals were edited or removed by
+    hand, e.g. in the admin); the number of pairs."""
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute("LOCK TABLE models_registry_qualitysignal IN SHARE MODE")
+        cur.execute("DELETE FROM models_registry_qualityevidence")
+        cur.execute(_RECOUNT_SQL, {"now": now})
+        return cur.rowcount

@@ -112,11 +112,13 @@ def test_accepting_an_observed_quality_proposal_updates_the_score(page):
     from django.utils import timezone
 
     from models_registry import models as m
+    from models_registry.learning import signals
 
     model, task = m.LlmModel.objects.get(tag="llama3.2:3b"), m.TaskType.objects.get(name="chat")
     m.QualitySignal.objects.bulk_create(
         m.QualitySignal(model=model, task_type=task, kind="rating", value=1.0 if i < 15 else 0.0, weight=1.0,
                         created_at=timezone.now()) for i in range(30))
+    signals.recount(timezone.now())
     page.click("text=Catalog")
     row = f"#observed-{model.pk}-{task.pk}"
     assert "0.636" in page.inner_text(row)

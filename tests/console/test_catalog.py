@@ -159,8 +159,10 @@ def test_without_javascript_a_bad_floor_shows_the_page_with_the_error(staff_clie
 
 
 def _rated(tag: str, task: str, good: int, bad: int):
-    """Ratings of good (1) and bad (0) answers by ``tag`` for ``task``, as the outcome API leaves them."""
+    """Ratings of good (1) and bad (0) answers by ``tag`` for ``task`` (their evidence summed by recount)."""
     from django.utils import timezone
+
+    from models_registry.learning import signals
 
     model, task_type = m.LlmModel.objects.get(tag=tag), m.TaskType.objects.get(name=task)
     now = timezone.now()
@@ -168,6 +170,7 @@ def _rated(tag: str, task: str, good: int, bad: int):
         m.QualitySignal(model=model, task_type=task_type, kind="rating", value=1.0 if i < good else 0.0, weight=1.0,
                         created_at=now)
         for i in range(good + bad))
+    signals.recount(now)
     return model, task_type
 
 

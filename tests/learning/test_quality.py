@@ -3,6 +3,8 @@ the console show, accepting a proposal (with its history), and active mode's liv
 the same decision the replay's learner takes on the same world, estimates and draws."""
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from django.utils import timezone
 
@@ -139,3 +141,38 @@ def test_active_mode_selects_by_the_estimates_live_as_in_the_replay(api, tower, 
     monkeypatch.setattr(quality, "_rng", _Draws([]))  # a draw would raise IndexError
     critical = service.select_and_record(policy.SelectionRequest("chat", "critical"), client="t")
     assert not critical.record.explored and "exploring" not in critical.decision.reason
+
+
+def _evidence_rows():
+    return sorted((e.model_id, e.task_type_id, round(e.good, 9), round(e.bad, 9), e.count)
+                  for e in m.QualityEvidence.objects.filter(count__gt=0))
+
+
+def test_the_summed_evidence_follows_every_signal_change(api, tower):
+    """Ratings given and replaced, answers taken and then withdrawn by a re-ask, an escalation: the
+    running sums the estimate reads equal the signals summed again from scratch."""
+    from models_registry.learning import signals
+
+    llama = _chat_decisions(3, "llama3.2:3b")
+    (mistral,) = _chat_decisions(1, "mistral:7b")
+    now = timezone.now()
+    _rate(api, llama[0], 0.2)
+    _rate(api, llama[0], 0.9)  # replaces 0.2
+    record_gateway_answer(llama[1], "ok", "stop", 100, "c1", False, now)  # answered
+    m.DecisionOutcome.objects.create(decision_id=llama[1], reported_at=now, response_ms=500, success=True,
+                                     measured_by="gateway", result="ok", conversation="c1")
+    later = now + dt.timedelta(seconds=1)
+    record_gateway_answer(llama[2], "ok", "stop", 100, "c1", False, later)  # asked again: llama[1] regenerated
+    m.DecisionOutcome.objects.create(decision_id=llama[2], reported_at=later, response_ms=500, success=True,
+                                     measured_by="gateway", result="ok", conversation="c1")
+    # A bigger model named for the same conversation: the newest answer to it, llama[2]'s, escalated.
+    record_gateway_answer(mistral, "error", "", None, "c1", True, later + dt.timedelta(seconds=1))
+    kinds = sorted(m.QualitySignal.objects.values_list("decision_id", "kind"))
+    assert kinds == sorted([(llama[0], "rating"), (llama[1], "regenerated"), (llama[2], "escalated"),
+                            (mistral, "error")])
+    running = _evidence_rows()
+    signals.recount(timezone.now())
+    assert running == _evidence_rows()
+    model = m.LlmModel.objects.get(tag="llama3.2:3b")
+    e = m.QualityEvidence.objects.get(model=model, task_type__name="chat")
+    assert (e.good, e.bad, e.count) == (pytest.approx(0.9), pytest.approx(0.1 + 1.0 + 1.0), 3)
