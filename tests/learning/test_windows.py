@@ -131,3 +131,19 @@ def test_no_worse_compares_every_figure():
     assert not windows.no_worse({**base, "thrash_loads": 1}, base)
     assert windows.no_worse({**base, "interactive_p95_s": None}, base)
 
+
+
+@pytest.mark.django_db
+def test_the_command_suggests_now_and_says_what_it_did(tower, settings):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("suggest_preload_windows", stdout=out)
+    assert out.getvalue().strip() == "not enough history"  # a new tower: nothing learned, nothing stored
+    assert not m.WindowSuggestion.objects.exists()
+    settings.TOWEROPS_PRELOAD_SUGGEST = "off"
+    out = StringIO()
+    call_command("suggest_preload_windows", stdout=out)
+    assert out.getvalue().strip() == "off"
