@@ -7,7 +7,7 @@ The shipped trace (data/traces/azure2023_merged_by_service.csv, the azure2023 ma
 code_generation, conversation is chat, both interactive; one hour of Azure's 2023 traffic) is
 time-stretched to span ``--days`` days (default 15; at least 8: a week to learn from and a day to
 evaluate on) on a clock starting Monday 2026-11-23 00:00 UTC, and subsampled by ``--sample``
-(seed ``--seed``). The forecast (models_registry.policy.forecast: the code the weekly suggestion
+(seed ``--seed``). The forecast (models_registry.learning.forecast: the code the weekly suggestion
 runs) learns the demand of the first 7 days and recommends windows; the rest of the trace (day
 7 on, re-based so the evaluation's clock starts on that Monday) is replayed with the towerops policy on
 profiles/tower.yaml with (a) its hand-made windows, (b) the learned windows, (c) no windows. The
@@ -36,7 +36,7 @@ import django  # noqa: E402
 django.setup()
 
 from models_registry.catalog.profile import PreloadWindowSpec, load_profile_file  # noqa: E402
-from models_registry.policy.forecast import estimate_demand, recommend_windows  # noqa: E402
+from models_registry.learning.forecast import estimate_demand, recommend_windows  # noqa: E402
 from models_registry.replay import load_mapping, map_rows, read_trace, scale_and_sample, simulate  # noqa: E402
 from models_registry.replay.report import summarize  # noqa: E402
 from models_registry.replay.traces import Request  # noqa: E402

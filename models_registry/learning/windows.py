@@ -1,6 +1,6 @@
 """Predicted preload windows from the decision history: suggest, accept, dismiss (docs/learning.md).
 
-The forecast itself is pure (``policy.forecast``); here it is fed and its result kept:
+The forecast itself is pure (``learning.forecast``); here it is fed and its result kept:
 
 * demand: the raw ``SelectionDecision`` rows (created_at, task type, urgency) of the last
   ``LEARN_WEEKS`` weeks. Hours whose raw rows were pruned (TOWEROPS_DECISION_RAW_DAYS) are not
@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from models_registry import models as m
 from models_registry.catalog.profile import DAY_NAMES, Profile, PreloadWindowSpec
-from models_registry.policy.forecast import estimate_demand, recommend_windows
+from models_registry.learning.forecast import estimate_demand, recommend_windows
 from models_registry.replay import simulate
 from models_registry.replay.report import summarize
 from models_registry.replay.traces import Request

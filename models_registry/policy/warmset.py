@@ -9,7 +9,7 @@ Two questions, both answered by `place_many` (the code that places a real preloa
   placed with these evictions, or some model would be skipped until room frees up.
 
 And one rule for the warm set a demand asks for (``demand_warm_set``), shared by the replay's
-clairvoyant reference and the predicted preload windows (``policy.forecast``): for the task
+clairvoyant reference and the predicted preload windows (``learning.forecast``): for the task
 types by demand (most first), their enabled local models meeting the floor, best quality first
 (``per_task`` of them, or all), each placed where it still fits with no eviction, largest first.
 """

@@ -76,6 +76,8 @@ def _prune_hour(h0: dt.datetime, now: dt.datetime) -> int:
         ids = [r[0] for r in cur.fetchall()]
         cur.execute("UPDATE models_registry_loadevent SET decision_id = NULL WHERE decision_id = ANY(%s)", [ids])
         cur.execute("DELETE FROM models_registry_decisionoutcome WHERE decision_id = ANY(%s)", [ids])
+        # Their quality signals go too: what they taught stays summed in QualityEvidence (learning/signals.py).
+        cur.execute("DELETE FROM models_registry_qualitysignal WHERE decision_id = ANY(%s)", [ids])
         cur.execute("DELETE FROM models_registry_selectiondecision WHERE id = ANY(%s)", [ids])
         return cur.rowcount
 

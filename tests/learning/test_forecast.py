@@ -1,4 +1,4 @@
-"""The pure forecast (policy.forecast): demand estimated by hand-computed cases, windows by the placement rules."""
+"""The pure forecast (learning.forecast): demand estimated by hand-computed cases, windows by the placement rules."""
 import datetime as dt
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import pytest
 
 from models_registry.catalog.profile import load_profile_file
 from models_registry.policy import forecast, never_fits, warmset
-from models_registry.policy.forecast import HOURS_PER_WEEK, Demand, ForecastError, estimate_demand, recommend_windows
+from models_registry.learning.forecast import HOURS_PER_WEEK, Demand, ForecastError, estimate_demand, recommend_windows
 from models_registry.replay import policies, simulate
 from models_registry.replay.traces import Request
 

@@ -255,3 +255,25 @@ def test_a_load_event_in_the_next_hour_that_points_at_a_pruned_decision_seals_th
         outcomes.record_outcome(later.pk, 500, True, None)
     rollups.rollup_due()
     assert reports.thrash_report("7d")["by_task_type"] == thrash
+
+
+def test_pruning_a_rated_decision_keeps_what_its_rating_taught(rig, settings, time_machine):
+    """The quality signals of pruned decisions go with them; their evidence stays summed, so the
+    observed quality is the same after the prune."""
+    from models_registry.learning import quality, signals
+
+    settings.TOWEROPS_DECISION_RAW_DAYS = 2
+    now = dt.datetime(2026, 6, 10, 12, 30, tzinfo=dt.timezone.utc)
+    h = now.replace(minute=0) - 72 * HOUR
+    rig.load(h - 2 * HOUR)
+    d = rig.decision(h + 10 * MIN, task="chat", model="llama3.2:3b")
+    assert signals.record_rating(d.pk, 0.0, h + 11 * MIN)
+    before = {(o.model, o.task): o.estimate for o in quality.observed()}
+    time_machine.move_to(h + HOUR + 12 * MIN, tick=False)
+    rollups.rollup_due()
+    time_machine.move_to(now, tick=False)
+    rollups.rollup_due()
+    assert retention.prune_raw_decisions() == 1
+    assert not m.QualitySignal.objects.exists()
+    assert {(o.model, o.task): o.estimate for o in quality.observed()} == before
+    assert before[("llama3.2:3b", "chat")].count == 1

@@ -56,9 +56,9 @@ import zoneinfo
 from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
 
-from .placement import place
-from .types import World
-from .warmset import demand_warm_set, empty_tower
+from models_registry.policy.placement import place
+from models_registry.policy.types import World
+from models_registry.policy.warmset import demand_warm_set, empty_tower
 
 HOURS_PER_WEEK = 168
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
