@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from models_registry.catalog.profile import load_profile_file
-from models_registry.policy import forecast, never_fits, warmset
+from models_registry.learning import forecast
 from models_registry.learning.forecast import HOURS_PER_WEEK, Demand, ForecastError, estimate_demand, recommend_windows
+from models_registry.policy import never_fits, warmset
 from models_registry.replay import policies, simulate
 from models_registry.replay.traces import Request
 
