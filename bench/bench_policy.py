@@ -4,7 +4,9 @@
 
 Prints the median and p99 microseconds per call (time.perf_counter_ns around each call),
 for a rotating mix of task types and urgencies, and the same for place_many of a warm
-set. Target (issue 3): median <= 50 us for select(). Figures, not assertions.
+set. Target (issue 3): median <= 50 us for select(). Figures, not assertions. Then active
+learning's select_learned() (observed quality for every pair, exploring) beside select(), in
+interleaved rounds on the same fresh Worlds: the ratio is its cost.
 
 select() is measured twice:
   fresh World  a new World object for every call, as the API builds one per request
@@ -37,7 +39,9 @@ from models_registry.policy import (  # noqa: E402
     World,
     place_many,
     select,
+    select_learned,
 )
+from models_registry.policy.learning import Evidence, estimate  # noqa: E402
 
 TASKS = ("general", "troubleshooting", "code_generation", "analysis", "chat", "summarization")
 NOW = 1_800_000_000.0
@@ -125,6 +129,20 @@ def main() -> None:
     fresh_med, fresh_p99 = measure(lambda i, w: select(w, requests[i % n]), args.calls,
                                    prepare=lambda i: dataclasses.replace(world))
     med, p99 = measure(lambda i, _: select(world, requests[i % n]), args.calls)
+    # Active learning: every scored pair with evidence (as after weeks of traffic), exploring with a
+    # seeded draw; measured interleaved with plain select() on the same fresh Worlds: the ratio is the figure.
+    import random
+
+    estimates = {(m.tag, t): estimate(q, 20, Evidence(30 * q, 30 * (1 - q), 30))
+                 for m in world.models if m.kind == "local" for t, q in m.quality.items()}
+    draws = random.Random(1).betavariate
+    rounds = []
+    for _ in range(3):
+        plain, _ = measure(lambda i, w: select(w, requests[i % n]), args.calls // 4,
+                           prepare=lambda i: dataclasses.replace(world))
+        active, _ = measure(lambda i, w: select_learned(w, requests[i % n], estimates, draws, 0.02), args.calls // 4,
+                            prepare=lambda i: dataclasses.replace(world))
+        rounds.append((plain, active))
     warm = [m.tag for m in world.models[5:9]]
     pmed, pp99 = measure(lambda i, _: place_many(world, warm), max(1000, args.calls // 10))
     print(f"python {platform.python_version()} on {platform.machine()}, "
@@ -133,6 +151,9 @@ def main() -> None:
         print(f"select() {label}: median {m:.1f} us   p99 {p:.1f} us   ({args.calls} calls)"
               f"   target median <= 50 us: {'met' if m <= 50 else 'NOT met'}")
     print(f"place_many(4): median {pmed:.1f} us   p99 {pp99:.1f} us")
+    for k, (plain, active) in enumerate(rounds, 1):
+        print(f"round {k}: select() {plain:.1f} us, select_learned() (active learning, {len(estimates)} estimates) "
+              f"{active:.1f} us: {active / plain:.2f}x")
 
 
 if __name__ == "__main__":

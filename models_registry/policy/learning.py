@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import lru_cache
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -89,9 +90,16 @@ def estimate(prior: float, strength: float, evidence: Evidence = Evidence(), lev
     p = min(max(prior, 1e-6), 1.0 - 1e-6)
     a = p * strength + evidence.good
     b = (1.0 - p) * strength + evidence.bad
+    low, high = _interval(a, b, level)
+    return Estimate(prior, a, b, a / (a + b), low, high, evidence.weight, evidence.count)
+
+
+@lru_cache(maxsize=4096)
+def _interval(a: float, b: float, level: float) -> tuple[float, float]:
+    """The equal-tailed credible interval of Beta(a, b) (cached: the live path recomputes every
+    pair's estimate each few seconds, and most pairs' evidence has not moved)."""
     tail = (1.0 - level) / 2.0
-    return Estimate(prior, a, b, a / (a + b), beta_quantile(tail, a, b), beta_quantile(1.0 - tail, a, b),
-                    evidence.weight, evidence.count)
+    return beta_quantile(tail, a, b), beta_quantile(1.0 - tail, a, b)
 
 
 # ----------------------------------------------------------------------------- the Beta distribution
@@ -138,9 +146,9 @@ def beta_cdf(x: float, a: float, b: float) -> float:
 
 
 def beta_quantile(q: float, a: float, b: float) -> float:
-    """The x with I_x(a, b) = q (bisection: 60 halvings, far below any score's precision)."""
+    """The x with I_x(a, b) = q (bisection: 40 halvings, 1e-12, far below any score's precision)."""
     lo, hi = 0.0, 1.0
-    for _ in range(60):
+    for _ in range(40):
         mid = (lo + hi) / 2.0
         if beta_cdf(mid, a, b) < q:
             lo = mid
@@ -170,14 +178,38 @@ def learned_world(world: World, estimates: Estimates) -> World:
     """``world`` with each model's quality per task type replaced by ``policy_quality`` (active mode)."""
     if not estimates:
         return world
-    floors = {t.name: t.quality_floor for t in world.task_types}
-    models = []
-    for mv in world.models:
-        q = mv.quality
-        changed = {task: policy_quality(est, floors.get(task, 0.0)) for (tag, task), est in estimates.items()
-                   if tag == mv.tag and task in q and est.count}
-        models.append(dataclasses.replace(mv, quality={**q, **changed}) if changed else mv)
-    return dataclasses.replace(world, models=tuple(models))
+    learned = _learned_models(world.models, world.task_types, estimates)
+    return dataclasses.replace(world, models=learned) if learned is not world.models else world
+
+
+_last: list = [None, None, None, None]  # (models, task types, estimates, result): the live path repeats them
+
+
+def _learned_models(models, task_types, estimates: Estimates):
+    """The models with the learned qualities (the same tuple when none changes); the last result
+    is kept, since the live path passes the same catalog and estimates for seconds on end. So an
+    estimates mapping is never changed in place: a change is a new mapping (as the callers do)."""
+    last = _last
+    if last[0] is models and last[1] is task_types and last[2] is estimates:
+        return last[3]
+    floors = {t.name: t.quality_floor for t in task_types}
+    by_tag: dict[str, dict[str, float]] = {}
+    for (tag, task), est in estimates.items():
+        if est.count:
+            by_tag.setdefault(tag, {})[task] = policy_quality(est, floors.get(task, 0.0))
+    out, changed_any = [], False
+    for mv in models:
+        changed = by_tag.get(mv.tag)
+        if changed:
+            changed = {t: q for t, q in changed.items() if t in mv.quality}
+        if changed:
+            out.append(dataclasses.replace(mv, quality={**mv.quality, **changed}))
+            changed_any = True
+        else:
+            out.append(mv)
+    result = tuple(out) if changed_any else models
+    last[:] = [models, task_types, estimates, result]
+    return result
 
 
 def explore(world: World, request: SelectionRequest, estimates: Estimates, draw: Callable[[float, float], float],

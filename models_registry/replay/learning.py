@@ -132,7 +132,8 @@ class Learner:
             _, _, key, rating = heapq.heappop(pending)
             ev = self.evidence.get(key, Evidence()).add(rating, 1.0)
             self.evidence[key] = ev
-            self.estimates[key] = estimate(self.prior.get(key, 0.0), self.truth.prior_strength, ev)
+            # A new mapping, never changed in place: the policy keeps its last learned world by identity.
+            self.estimates = {**self.estimates, key: estimate(self.prior.get(key, 0.0), self.truth.prior_strength, ev)}
 
     def proposals(self) -> dict[tuple[str, str], float]:
         """What the console would propose now (shadow mode's output): (model, task) -> score."""

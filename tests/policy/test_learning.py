@@ -154,3 +154,13 @@ def test_exploration_never_loads(tower):
     d, explored = select_learned(world, req, ESTIMATES, draw, 0.1)
     assert (d.model, d.action, explored) == ("mistral:7b", "use_loaded", False)
     assert d == select(learned, req)
+
+
+def test_a_new_estimates_mapping_is_learned_again(tower):
+    """The last learned world is kept for the same catalog and estimates; new estimates are read."""
+    world = _two_loaded(tower)
+    first = learned_world(world, ESTIMATES)
+    assert learned_world(world, ESTIMATES).models is first.models  # the same inputs: kept
+    better = {**ESTIMATES, ("llama3.2:3b", "chat"): estimate(0.84, 20, Evidence(95, 5, 100))}
+    q = {m.tag: m.quality["chat"] for m in learned_world(world, better).models}
+    assert q["llama3.2:3b"] == pytest.approx(better[("llama3.2:3b", "chat")].mean)
