@@ -26,6 +26,9 @@ The rule
 * It is placed as a selection's load would be (``placement.place``), but evicting nothing used
   within the recent-use window, nothing an open window wants, and nothing loaded within
   ``min_residency_s``. The first such placement is the plan: one upgrade per tick.
+* Never a model in ``held_off``: those an admin unloaded within the recent-use window (the live
+  beat reads them; the replay has no admin). Unloading a model by hand means "not now": moving up
+  must not load it straight back (a selection that needs it still may).
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ from .preload import Cooling, PreloadPlan
 from .types import Placement, World
 
 
-def plan_upgrade(world: World, demand: Mapping[str, int]) -> Placement | None:
+def plan_upgrade(world: World, demand: Mapping[str, int], held_off: frozenset[str] = frozenset()
+                 ) -> Placement | None:
     """The background load that moves the tower up now, or None (the rule above)."""
     gain = world.params.upgrade_min_gain
     if not demand or gain >= 1.0:
@@ -51,6 +55,7 @@ def plan_upgrade(world: World, demand: Mapping[str, int]) -> Placement | None:
     floors = {t.name: t.quality_floor for t in world.task_types}
     local = [m for m in world.models if m.kind == "local" and m.enabled]
     by_tag = {m.tag: m for m in local}
+    local = [m for m in local if m.tag not in held_off]  # still counted as what is loaded (have)
     for task, n in sorted(demand.items(), key=lambda kv: (-kv[1], kv[0])):
         if n <= 0 or task not in floors:
             continue
@@ -80,8 +85,8 @@ def plan_upgrade(world: World, demand: Mapping[str, int]) -> Placement | None:
     return None
 
 
-def after_windows(world: World, plan: PreloadPlan, demand: Mapping[str, int]
-                  ) -> tuple[tuple[Cooling, ...], Placement | None]:
+def after_windows(world: World, plan: PreloadPlan, demand: Mapping[str, int],
+                  held_off: frozenset[str] = frozenset()) -> tuple[tuple[Cooling, ...], Placement | None]:
     """(what the tick cools, the upgrade it loads) after the windows' ``plan``: no upgrade when the
     windows load something; a model to be cooled that moving up would load back is kept instead."""
     if plan.loads:
@@ -89,7 +94,7 @@ def after_windows(world: World, plan: PreloadPlan, demand: Mapping[str, int]
     if plan.cool:
         cooled = {(c.model, c.endpoint) for c in plan.cool}
         world = replace(world, residents=tuple(r for r in world.residents if (r.model, r.endpoint) not in cooled))
-    up = plan_upgrade(world, demand)
+    up = plan_upgrade(world, demand, held_off)
     if up is not None and any(c.model == up.model for c in plan.cool):
         return tuple(c for c in plan.cool if c.model != up.model), None
     return plan.cool, up

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, Q
 
 from models_registry import conf
 from models_registry import models as m
@@ -70,6 +70,14 @@ def demand(now: dt.datetime, window_s: float) -> dict[str, int]:
                 .values_list("task_type__name").annotate(n=Count("id")).values_list("task_type__name", "n"))
 
 
+def admin_unloaded(now: dt.datetime, window_s: float) -> frozenset[str]:
+    """The models an admin unloaded within the last ``window_s`` (or is unloading): moving up leaves them be."""
+    since = now - dt.timedelta(seconds=window_s)
+    return frozenset(m.Residency.objects.filter(unload_trigger=m.Trigger.ADMIN)
+                     .filter(Q(ended_at__gte=since) | Q(state=m.Residency.State.UNLOADING))
+                     .values_list("model__tag", flat=True))
+
+
 def apply_windows(now: dt.datetime) -> dict:
     """Warm what the open windows want, cool what an ended window warmed (policy.preload's plan);
     when that loads nothing, move up (policy.upgrade's plan: trigger upgrade)."""
@@ -83,7 +91,8 @@ def apply_windows(now: dt.datetime) -> dict:
             dispatch.enqueue_load(residency_id)
         cool = plan.cool
         if not plan.loads and cfg.params.upgrade_min_gain < 1.0:  # nothing reserved: the same world
-            cool, up = upgrade.after_windows(world, plan, demand(now, cfg.params.recent_use_window_s))
+            window_s = cfg.params.recent_use_window_s
+            cool, up = upgrade.after_windows(world, plan, demand(now, window_s), admin_unloaded(now, window_s))
             if up is not None:
                 residency_id = reserve(cfg, up.model, up.endpoint, up.vram_by_gpu, up.evictions,
                                        trigger=m.Trigger.UPGRADE, now=now, load_s=up.load_s)

@@ -55,3 +55,15 @@ def test_a_windows_model_to_be_cooled_that_moving_up_would_load_back_is_kept(tow
     assert cool == () and up is None
     cool, up = after_windows(world, plan, {})  # nobody chats: cooled as the window's plan says
     assert cool == plan.cool and up is None
+
+
+def test_a_model_an_admin_just_unloaded_is_not_loaded_back(tower):
+    """An admin unloaded llama3.2:3b: moving up takes the next best chat model instead, and nothing
+    when that is all there is to gain."""
+    world = tower.world(tower.res("tinyllama", tower.nvidia, used_ago=30))
+    up = plan_upgrade(world, CHAT, held_off=frozenset({"llama3.2:3b"}))
+    assert up is not None and up.model == "mistral:7b"
+    assert plan_upgrade(world, CHAT, held_off=frozenset({"llama3.2:3b", "mistral:7b", "qwen2.5-coder:7b",
+                                                         "deepseek-coder-v2:16b"})) is None
+    plan = PreloadPlan((), (), (), (), (), ())
+    assert after_windows(world, plan, CHAT, frozenset({"llama3.2:3b"}))[1].model == "mistral:7b"

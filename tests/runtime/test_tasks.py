@@ -679,3 +679,30 @@ def test_an_idle_tower_moves_up_to_the_best_model_for_its_busy_task_types(ops, c
     m.Residency.objects.filter(pk=tiny.pk).update(busy_until=now + dt.timedelta(seconds=60),
                                                  advisory=booked(now, 60))
     assert ops.committed(tasks.apply_preload_windows)["upgrade"] is None
+
+
+def test_moving_up_leaves_a_model_an_admin_just_unloaded(ops, clock):
+    """The admin unloaded llama3.2:3b (the best chat model): the beat moves up to the next best chat
+    model instead of loading it straight back; once the recent-use window (15 min) has passed, it may."""
+    clock.set(WEDNESDAY_17_30)
+    tiny = ops.load("tinyllama", NVIDIA)
+    llama = ops.load("llama3.2:3b", NVIDIA)
+    chat = m.TaskType.objects.get(name="chat")
+
+    def chat_requests():
+        now = timeutil.utcnow()
+        m.Residency.objects.filter(pk=tiny.pk).update(last_used_at=now - dt.timedelta(minutes=1))
+        for i in range(3):
+            m.SelectionDecision.objects.create(created_at=now - dt.timedelta(minutes=i + 1), task_type=chat,
+                                               urgency="interactive", action="use_loaded", model=tiny.model,
+                                               residency=tiny, reason="t", policy_version="t")
+
+    chat_requests()
+    ops.committed(reservations.request_unload, "llama3.2:3b", trigger="admin", endpoint=NVIDIA)
+    ops.run(ops.take())
+    assert m.Residency.objects.get(pk=llama.pk).state == "unloaded"
+    assert ops.committed(tasks.apply_preload_windows)["upgrade"] == "mistral:7b"
+    ops.run(ops.take())
+    clock.set(WEDNESDAY_17_30 + dt.timedelta(minutes=16))
+    chat_requests()
+    assert ops.committed(tasks.apply_preload_windows)["upgrade"] == "llama3.2:3b"
