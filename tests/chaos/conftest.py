@@ -248,9 +248,16 @@ class Tower:
         for tag, ep in rows:
             httpx.post(f"{self.base}/api/v1/models/{tag}/unload", json={"endpoint": ep},
                        headers={"Authorization": f"Bearer {self.key}"}, timeout=30).raise_for_status()
-        self.wait(lambda: not any(self.ollama_holds(ep) for ep in ENDPOINTS)
-                  and not self.sql("SELECT 1 FROM models_registry_residency WHERE state = ANY(%s)", list(TRANSIENT)),
-                  BOUND_S, "an empty tower")
+        try:
+            self.wait(lambda: not any(self.ollama_holds(ep) for ep in ENDPOINTS)
+                      and not self.sql("SELECT 1 FROM models_registry_residency WHERE state = ANY(%s)", list(TRANSIENT)),
+                      BOUND_S, "an empty tower")
+        except AssertionError as exc:
+            recent = self.sql("SELECT m.tag, e.name, r.state, r.trigger, r.requested_at, r.ended_at FROM "
+                              "models_registry_residency r JOIN models_registry_llmmodel m ON m.id = r.model_id "
+                              "JOIN models_registry_endpoint e ON e.id = r.endpoint_id ORDER BY r.id DESC LIMIT 8")
+            holds = {ep: self.ollama_holds(ep) for ep in ENDPOINTS}
+            raise AssertionError(f"unloaded {rows}; Ollama holds {holds}; newest residencies {recent}\n{exc}") from None
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +275,10 @@ def tower(tmp_path_factory):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
         "DJANGO_SETTINGS_MODULE": "towerops.settings",
+        # No moving up: its background loads (a minute after the requests that made a task type busy)
+        # would land between one test's end and the next one's empty tower, at random. Its own tests
+        # are in tests/runtime and tests/policy; here every load is one a test asked for.
+        "TOWEROPS_POLICY": '{"upgrade_min_gain": 1}',
     }
     stack = Stack(env, tmp / "logs")
     t = Tower(stack, tmp)
