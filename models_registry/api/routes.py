@@ -160,14 +160,10 @@ def give_feedback(request, decision_id: int, payload: FeedbackIn):
     Keys with the `select` or the `infer` scope."""
     if "select" not in getattr(request, "api_scopes", ()):
         require(request, "infer")  # a gateway user's key
-    row = (m.SelectionDecision.objects.filter(pk=decision_id)
-           .values_list("model__tag", "task_type__name").first())
-    if row is None:
-        raise errors.NotFound(f"no decision {decision_id}")
-    if row[0] is None:
-        raise errors.DomainError(f"decision {decision_id} chose no model: there is no answer to rate")
-    signals.record_rating(decision_id, payload.rating, utcnow())
-    return {"decision_id": decision_id, "model": row[0], "task_type": row[1], "rating": payload.rating}
+    try:
+        return signals.rate(decision_id, payload.rating, utcnow())
+    except signals.NotRatable as exc:
+        raise (errors.NotFound if exc.missing else errors.DomainError)(str(exc)) from None
 
 
 @router.get("/learning/quality", response={200: LearningOut, **ERRORS}, tags=["learning"])

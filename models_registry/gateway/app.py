@@ -31,10 +31,12 @@ from models_registry.gateway.recording import Measured
 from models_registry.gateway.relay import Aggregate, Lines, measured_from, parse
 from models_registry.learning import signals
 from models_registry.selection.world import cached_config, load_config
+from models_registry.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024 * 1024  # images travel base64 in the body
+FEEDBACK_PREFIX = "/towerops/v1/decisions/"  # + <id>/feedback: the caller rates an answer (not an Ollama route)
 NDJSON, JSON, SSE = "application/x-ndjson", "application/json; charset=utf-8", "text/event-stream"
 
 
@@ -176,6 +178,8 @@ class Gateway:
         handler = self.routes.get((req.method, req.path.rstrip("/") or "/"))
         if handler is None and req.method == "GET" and req.path.startswith("/v1/models/"):
             handler = self.v1_model
+        elif handler is None and req.method == "POST" and req.path.startswith(FEEDBACK_PREFIX):
+            handler = self.feedback
         try:
             if handler is None:
                 if openai:
@@ -348,6 +352,25 @@ class Gateway:
         if found is None:
             raise GatewayError(404, f"model '{want}' not found")
         await req.respond(200, json.dumps(found).encode())
+
+    # ------------------------------------------------------------------ feedback
+
+    async def feedback(self, req: Request) -> None:
+        """``POST /towerops/v1/decisions/<id>/feedback`` ``{"rating": 0..1}``: the caller rates an answer
+        by the ``X-TowerOps-Decision-Id`` it came with (learning/signals.py; the web API has the same call)."""
+        await self.principal(req)
+        tail = req.path.removeprefix(FEEDBACK_PREFIX)
+        number, _, rest = tail.partition("/")
+        if rest.rstrip("/") != "feedback" or not number.isdigit():
+            raise GatewayError(404, f"no route {req.method} {req.path}")
+        body = await self.json_body(req)
+        try:
+            rated = await self.flow.db(signals.rate, int(number), body.get("rating"), utcnow())
+        except ValueError as exc:
+            raise GatewayError(400, str(exc)) from None
+        except signals.NotRatable as exc:
+            raise GatewayError(404 if exc.missing else 409, str(exc)) from None
+        await req.respond(200, json.dumps(rated).encode())
 
     # ------------------------------------------------------------------ Ollama inference
 

@@ -113,6 +113,28 @@ def _decision(decision_id: int) -> tuple[int, int] | None:
             .values_list("model_id", "task_type_id").first())
 
 
+class NotRatable(Exception):
+    """A rating for a decision that is not there (``missing``) or chose no model."""
+
+    def __init__(self, message: str, missing: bool):
+        super().__init__(message)
+        self.missing = missing
+
+
+def rate(decision_id: int, rating, now: dt.datetime) -> dict:
+    """A caller's rating of a decision's answer, as the feedback call gives it (the web API and the
+    gateway): checked, stored, and echoed with the decision's model and task type."""
+    if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not 0.0 <= rating <= 1.0:
+        raise ValueError(f"rating: a number from 0 (useless) to 1 (right), not {rating!r}")
+    row = m.SelectionDecision.objects.filter(pk=decision_id).values_list("model__tag", "task_type__name").first()
+    if row is None:
+        raise NotRatable(f"no decision {decision_id}", missing=True)
+    if row[0] is None:
+        raise NotRatable(f"decision {decision_id} chose no model: there is no answer to rate", missing=False)
+    record_rating(decision_id, float(rating), now)
+    return {"decision_id": decision_id, "model": row[0], "task_type": row[1], "rating": float(rating)}
+
+
 def record_rating(decision_id: int, rating: float, now: dt.datetime) -> bool:
     """A caller's rating of a decision's answer; False when the decision chose no model (or is gone)."""
     row = _decision(decision_id)

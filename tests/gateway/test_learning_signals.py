@@ -86,3 +86,28 @@ def test_a_rating_sent_with_the_decision_id_from_the_headers(sim, gateway, key, 
     denied = web.post(f"/api/v1/decisions/{decision_id}/feedback", {"rating": 0.9},
                       content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {read_only}")
     assert denied.status_code == 403 and _signals(decision_id)["rating"] == (0.2, 1.0)
+
+
+def test_a_rating_sent_to_the_gateway_itself(sim, gateway, key, make_key):
+    """The same feedback call on the gateway's own address (the caller already has it and its key)."""
+    put_loaded(sim, "llama3.2:3b", "tower-amd")
+    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key}"}) as http:
+        r = http.post("/api/chat", json={"model": "auto:chat", "stream": False,
+                                         "messages": [{"role": "user", "content": "hi"}]})
+        decision_id = int(r.headers["X-TowerOps-Decision-Id"])
+        recorded(1)
+        ok = http.post(f"/towerops/v1/decisions/{decision_id}/feedback", json={"rating": 0.7})
+        assert ok.status_code == 200 and ok.json() == {"decision_id": decision_id, "model": "llama3.2:3b",
+                                                        "task_type": "chat", "rating": 0.7}
+        for body, status, says in (({"rating": True}, 400, "rating"), ({"rating": "good"}, 400, "rating"),
+                                   ({}, 400, "rating")):
+            bad = http.post(f"/towerops/v1/decisions/{decision_id}/feedback", json=body)
+            assert bad.status_code == status and says in bad.json()["error"], bad.text
+        gone = http.post("/towerops/v1/decisions/999999/feedback", json={"rating": 0.5})
+        assert gone.status_code == 404 and "no decision 999999" in gone.json()["error"]
+        assert http.post(f"/towerops/v1/decisions/{decision_id}/other", json={}).status_code == 404
+    assert _signals(decision_id)["rating"] == (0.7, 1.0)  # the bad ones changed nothing
+    no_infer = make_key("read")
+    denied = httpx.post(f"{gateway.url}/towerops/v1/decisions/{decision_id}/feedback", json={"rating": 0.1},
+                        headers={"Authorization": f"Bearer {no_infer}"})
+    assert denied.status_code == 403 and _signals(decision_id)["rating"] == (0.7, 1.0)
