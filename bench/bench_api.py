@@ -53,6 +53,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))  # its sibling benchdb.py
+from benchdb import free_port, psql, run, stop_session  # noqa: E402
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 GUNICORN = str(VENV_BIN / "gunicorn") if (VENV_BIN / "gunicorn").exists() else (shutil.which("gunicorn") or "")
@@ -78,12 +80,6 @@ print(json.dumps({"key": create_key("bench", ["select", "read"])[1]}))
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def db_urls() -> tuple[str, str]:
     """(the server's maintenance database, the bench database) from DATABASE_URL."""
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -91,21 +87,6 @@ def db_urls() -> tuple[str, str]:
     admin = parts._replace(path="/postgres").geturl()
     bench = parts._replace(path=f"/{BENCH_DB}").geturl()
     return admin, bench
-
-
-def psql(url: str, sql: str, params=None, *, fetch: bool = False):
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        cur = conn.execute(sql, params)
-        return cur.fetchall() if fetch else None
-
-
-def run(cmd: list[str], env: dict, what: str) -> str:
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"{what} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-    return p.stdout
 
 
 class Gunicorn:
@@ -142,22 +123,7 @@ class Gunicorn:
         sys.exit(f"gunicorn did not answer within {timeout} s:\n{self.log.read_text()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the master and its workers
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-            except ProcessLookupError:
-                return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # any worker that outlived its master
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        stop_session(self.proc, self._out)
 
 
 def sample(url: str, key: str) -> str:

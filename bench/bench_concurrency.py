@@ -70,7 +70,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))  # its sibling benchdb.py
 import benchdb  # noqa: E402
-from benchdb import free_port, psql  # noqa: E402
+from benchdb import free_port, psql, run, stop_session  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
@@ -156,13 +156,6 @@ GROUP BY g.id ORDER BY g.id
 # --------------------------------------------------------------------------- processes and database
 
 
-def run(cmd: list[str], env: dict, what: str) -> str:
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"{what} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-    return p.stdout
-
-
 class Web:
     """The web process as deploy/bin/web starts it, in its own session; stop() ends all of it."""
 
@@ -193,23 +186,7 @@ class Web:
         sys.exit(f"gunicorn did not answer within {timeout} s:\n{self.log.read_text(errors='replace')}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the master and its workers
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-            except ProcessLookupError:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # any worker that outlived its master
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        self._out.close()
+        stop_session(self.proc, self._out)
 
 
 # --------------------------------------------------------------------------- the VRAM sampler

@@ -1,14 +1,20 @@
-"""The databases and ports bench scripts make for themselves: a free loopback port, and a PostgreSQL
-database a script creates, marks with its comment, and alone may re-create or drop.
+"""What bench scripts make for themselves: a free loopback port, a PostgreSQL database a script
+creates, marks with its comment, and alone may re-create or drop, and server processes in their own
+session that stop with everything they forked.
 
-Imported by bench/soak.py and bench/bench_concurrency.py (with bench/ on sys.path)."""
+Imported by bench/soak.py, bench/bench_concurrency.py and bench/bench_api.py (with bench/ on sys.path)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import sys
 import urllib.parse
-from typing import Callable, NoReturn
+from pathlib import Path
+from typing import IO, Callable, NoReturn
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -61,3 +67,32 @@ def drop_database(admin_url: str, name: str, comment: str) -> None:
     """Drop ``name`` if it carries ``comment``."""
     if _comment(admin_url, name) == comment:
         psql(admin_url, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def run(cmd: list[str], env: dict, what: str) -> str:
+    """Run ``cmd`` in the project directory; its stdout, or exit naming ``what`` failed."""
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"{what} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p.stdout
+
+
+def stop_session(proc: subprocess.Popen, out: IO | None = None) -> None:
+    """End a process started with ``start_new_session=True`` and everything it forked: SIGTERM to
+    its group (a gunicorn master and its workers), then SIGKILL to whatever outlived it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # any worker that outlived its master
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    if out is not None:
+        out.close()

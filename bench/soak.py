@@ -113,7 +113,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's models_registry, not an installed copy
 sys.path.insert(0, str(ROOT / "bench"))  # its sibling benchdb.py
 import benchdb  # noqa: E402
-from benchdb import free_port, psql  # noqa: E402
+from benchdb import free_port  # noqa: E402
 from models_registry.slo.metrics import is_thrash_load  # noqa: E402  (pure: no Django)
 
 VENV_BIN = ROOT / ".venv" / "bin"

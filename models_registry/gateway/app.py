@@ -28,7 +28,7 @@ from models_registry.gateway.admission import (
 from models_registry.gateway.classifier import classify, prompt_text
 from models_registry.gateway.flow import Call, Flow, GatewayError, Opened
 from models_registry.gateway.recording import Measured
-from models_registry.gateway.relay import Aggregate, Lines, measured_from, parse
+from models_registry.gateway.relay import Aggregate, Lines, cancelled, measured_from, parse, relay_failed
 from models_registry.learning import signals
 from models_registry.selection.world import cached_config, load_config
 from models_registry.timeutil import utcnow
@@ -434,14 +434,11 @@ class Gateway:
             if done is not None and done.get("done"):  # all of it relayed: a client that leaves then has not cancelled
                 measured = measured_from(done, error, started, first)
             else:
-                measured = Measured("cancelled", int((time.perf_counter() - started) * 1000),
-                                    None if first is None else int((first - started) * 1000),
-                                    error="the client went away mid-answer")
+                measured = cancelled(started, first)
             raise
         finally:
             await asyncio.shield(opened.response.aclose())
-            await self.flow.finish(opened, call, measured or Measured(
-                "error", int((time.perf_counter() - started) * 1000), error="relay failed"))
+            await self.flow.finish(opened, call, measured or relay_failed(started))
 
     async def _collect(self, call: Call, opened: Opened, each, req: Request | None = None) -> Measured:
         """Read the upstream answer line by line (non-streamed callers, OpenAI ones): ``each(line)``
@@ -472,14 +469,11 @@ class Gateway:
             if final is not None:  # the last object was relayed (OpenAI's [DONE] too): the client may leave
                 measured = measured_from(final, error, started, first)
             else:
-                measured = Measured("cancelled", int((time.perf_counter() - started) * 1000),
-                                    None if first is None else int((first - started) * 1000),
-                                    error="the client went away mid-answer")
+                measured = cancelled(started, first)
             raise
         finally:
             await asyncio.shield(opened.response.aclose())
-            await self.flow.finish(opened, call, measured or Measured(
-                "error", int((time.perf_counter() - started) * 1000), error="relay failed"))
+            await self.flow.finish(opened, call, measured or relay_failed(started))
 
     async def native_embed(self, req: Request) -> None:
         who = await self.principal(req)

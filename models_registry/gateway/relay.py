@@ -98,6 +98,17 @@ def measured_from(final: dict | None, error: str | None, started: float, first: 
     return m
 
 
+def cancelled(started: float, first: float | None) -> Measured:
+    """The client went away before the answer's last object was relayed."""
+    return Measured("cancelled", int((time.perf_counter() - started) * 1000),
+                    None if first is None else int((first - started) * 1000), error="the client went away mid-answer")
+
+
+def relay_failed(started: float) -> Measured:
+    """The relay itself broke before it could measure anything."""
+    return Measured("error", int((time.perf_counter() - started) * 1000), error="relay failed")
+
+
 def parse(line: bytes) -> dict:
     try:
         obj = json.loads(line)

@@ -13,6 +13,7 @@ from models_registry import conf
 from models_registry import models as m
 from models_registry.policy import Decision, SelectionRequest, World
 from models_registry.policy.learning import Estimate, Evidence, estimate, select_learned
+from models_registry.selection.world import invalidate_config
 
 def _evidence() -> dict[tuple[int, int], Evidence]:
     """(model id, task type id) -> the signals summed (QualityEvidence: one row per pair)."""
@@ -107,8 +108,6 @@ def accept_proposal(model_id: int, task_id: int, user=None) -> tuple[float, floa
         score.save(update_fields=["score"])
         update_change_reason(score, f"accepted observed quality {est.mean:.3f} "
                                     f"(90 % {est.low:.2f}–{est.high:.2f}, {est.count} signals, weight {est.evidence:.1f})")
-    from models_registry.selection.world import invalidate_config
-
     invalidate_config()
     invalidate()
     return old, proposed

@@ -85,16 +85,14 @@ def _put(decision_id: int, model_id: int, task_type: int, kind: str, value: floa
     """One signal per decision and kind (a later one replaces it), and the pair's evidence with it."""
     weight = WEIGHTS[kind][1]
     with transaction.atomic():
-        old = (m.QualitySignal.objects.select_for_update()
-               .filter(decision_id=decision_id, kind=kind).values_list("model_id", "task_type_id", "value", "weight")
-               .first())
-        if old is not None:
-            _add_evidence(old[0], old[1], old[2], -old[3], -1, now)
-        m.QualitySignal.objects.update_or_create(
-            decision_id=decision_id, kind=kind,
-            defaults={"model_id": model_id, "task_type_id": task_type, "value": value, "weight": weight,
-                      "created_at": now},
-        )
+        old = m.QualitySignal.objects.select_for_update().filter(decision_id=decision_id, kind=kind).first()
+        if old is None:
+            m.QualitySignal.objects.create(decision_id=decision_id, kind=kind, model_id=model_id, task_type_id=task_type,
+                                           value=value, weight=weight, created_at=now)
+        else:
+            _add_evidence(old.model_id, old.task_type_id, old.value, -old.weight, -1, now)
+            old.model_id, old.task_type_id, old.value, old.weight, old.created_at = model_id, task_type, value, weight, now
+            old.save(update_fields=["model", "task_type", "value", "weight", "created_at"])
         _add_evidence(model_id, task_type, value, weight, 1, now)
 
 

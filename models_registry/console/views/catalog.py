@@ -75,8 +75,9 @@ def _config_history(limit: int = 30) -> list[dict]:
     return rows[:limit]
 
 
-def _catalog_context(errors: dict | None = None) -> dict:
-    """The grid, the floors and the urgency classes; `errors` maps (field, id) -> (raw, message)."""
+def _catalog_context(errors: dict | None = None, observed_message: str = "", observed_error: str = "") -> dict:
+    """The grid, the floors, the urgency classes and the observed quality; `errors` maps (field, id)
+    -> (raw, message); the observed_* texts say what accepting a proposal did."""
     errors = errors or {}
     models_ = list(m.LlmModel.objects.only("id", "tag", "kind", "enabled"))
     tasks = list(m.TaskType.objects.only("id", "name", "quality_floor"))
@@ -97,7 +98,8 @@ def _catalog_context(errors: dict | None = None) -> dict:
         for f in ("patience_s", "wait_weight"):
             raw, error = errors.get((f, u.id), (None, None))
             u.cells.append({"u": u, "field": f, "value": getattr(u, f), "raw": raw, "error": error})
-    return {"tasks": tasks, "grid": grid, "urgencies": urgencies, "history": _config_history(), **_observed_context()}
+    return {"tasks": tasks, "grid": grid, "urgencies": urgencies, "history": _config_history(),
+            **_observed_context(observed_message, observed_error)}
 
 
 def _observed_context(message: str = "", error: str = "") -> dict:
@@ -205,10 +207,9 @@ def accept_quality(request, model_id: int, task_id: int):
         message, error = f"{model} × {task}: {old:.2f} → {new:.2f} (accepted from observed quality)", ""
     if not request.htmx:
         if error:
-            return render(request, "console/catalog.html", {**_catalog_context(), **_observed_context(error=error)},
-                          status=409)
+            return render(request, "console/catalog.html", _catalog_context(observed_error=error), status=409)
         return redirect("console:catalog")
-    ctx = {**_catalog_context(), **_observed_context(message, error), "grid_oob": not error}
+    ctx = {**_catalog_context(observed_message=message, observed_error=error), "grid_oob": not error}
     response = render(request, "console/catalog.html#accepted", ctx, status=409 if error else 200)
     if not error:
         response["HX-Trigger"] = "catalog-changed"
